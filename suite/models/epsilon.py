@@ -1,0 +1,116 @@
+"""ε-ResNet's strict-identity gate and the gated bottleneck block.
+
+Yu, Yu, Ramalingam, "Learning Strict Identity Mappings in Deep Residual Networks", CVPR 2018, Sec. 3: a
+residual block whose branch output F is, everywhere, within ±ε of zero is switched off so that the block
+becomes the identity mapping (and can be purged after training). The paper writes the gate with
+"sparsity-promoting" ReLUs:
+
+    s = max over the whole branch output (batch × C × H × W) of relu(F − ε) + relu(−F − ε)
+    T = relu(1 − L·relu(1 − L·s))          (L large; the official code uses 1e6)
+
+so T = 0 when every |F| ≤ ε and T = 1 once s ≥ 1/L. Here T is computed as the L → ∞ limit of that formula,
+the step `s > 0`: with a finite L, 0 < s < 1/L gives T = 0 (or a fraction) although some |F| exceeds ε,
+which would make "gated off" depend on L instead of on ε alone. No gradient flows through T in either form,
+so training sees the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+
+def branch_excess(branch_output: Tensor, epsilon: float) -> Tensor:
+    """s: the largest amount by which any element of the branch output leaves [−ε, ε] (0 if none does)."""
+    f = branch_output.detach()
+    return (torch.relu(f - epsilon) + torch.relu(-f - epsilon)).amax().float()
+
+
+def epsilon_gate(branch_output: Tensor, epsilon: float, *, synchronize: bool = False) -> Tensor:
+    """T ∈ {0., 1.}: 0 exactly when every element of `branch_output` satisfies |F| ≤ ε, else 1.
+
+    Computed without gradient (the paper's T is a hard decision; the branch's own gradient flows through
+    T·F when T = 1 and is cut when T = 0). With `synchronize=True` and an initialised process group, s is
+    all-reduced with MAX first, so every data-parallel rank takes the same decision: a block switched off on
+    one rank but not another would train different functions on different ranks.
+    """
+    with torch.no_grad():
+        s = branch_excess(branch_output, epsilon)
+        if synchronize and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(s, op=dist.ReduceOp.MAX)
+        return (s > 0).to(branch_output.dtype)
+
+
+class EpsilonBottleneck(Bottleneck):
+    """torchvision's V1.5 bottleneck with the ε gate on the residual branch: out = relu(T·F + shortcut).
+
+    The gate sits after the last BN of the branch and before the addition (torchvision's post-activation
+    block). Each block keeps `off_rate`, a running average of "gated off" over training batches, and
+    `gated_off`, the decision on the latest batch, for per-block tracking.
+    """
+
+    def __init__(self, *args, epsilon: float = 0.0, off_momentum: float = 0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epsilon = float(epsilon)
+        self.off_momentum = off_momentum
+        self.register_buffer("off_rate", torch.zeros(()))
+        self.register_buffer("gated_off", torch.zeros((), dtype=torch.bool))
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.branch(x)
+        # All-reduce only while training: evaluation shards may differ in batch count across ranks (every
+        # validation image is counted once), so a collective there could deadlock; an eval decision only
+        # shapes that batch's output, never the parameters.
+        t = epsilon_gate(f, self.epsilon, synchronize=self.training)
+        if self.training:
+            with torch.no_grad():
+                off = (t == 0).float()
+                self.gated_off.copy_(off.bool())
+                self.off_rate.mul_(1 - self.off_momentum).add_(self.off_momentum * off)
+        else:
+            self.gated_off.copy_(t == 0)
+        return self.relu(t * f + self.shortcut(x))
+
+
+class ShortcutOnly(nn.Module):
+    """What remains of a purged downsampling block: its projection shortcut, relu(BN(conv1x1(x))).
+
+    A purged block computes relu(0 + shortcut(x)). For a block without projection that is relu(x) = x (its
+    input already went through a ReLU), so the block disappears; a stage's first block changes shape and
+    keeps its projection. (The official ε-ResNet code drops the whole block and fails on this case.)
+    """
+
+    def __init__(self, downsample: nn.Module):
+        super().__init__()
+        self.downsample = downsample
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.downsample(x))
+
+
+class SideHead(nn.Module):
+    """Side supervision (ε-ResNet Sec. 3.2): BN–ReLU → global average pool → FC, after the middle block.
+
+    It keeps an early classifier signal flowing while deeper blocks may be switched off; training only.
+    """
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.bn(x))), 1))

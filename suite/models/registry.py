@@ -1,0 +1,102 @@
+"""The one registry of architectures and the typed builder every caller uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from suite.errors import check
+from suite.models.resnet import ArchSpec, ResNet
+
+# Depth is data: bottleneck blocks per stage (He et al. 2016, Table 1).
+STAGE_DEPTHS: dict[str, tuple[int, ...]] = {
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+    "resnet152": (3, 8, 36, 3),
+}
+EPS_PREFIX = "eps_"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    depth: str  # the baseline it shares its topology with
+    gated: bool
+    default_image_size: int = 224
+    default_num_classes: int = 1000
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    **{d: Architecture(d, d, gated=False) for d in STAGE_DEPTHS},
+    **{EPS_PREFIX + d: Architecture(EPS_PREFIX + d, d, gated=True) for d in STAGE_DEPTHS},
+}
+
+
+def min_image_size(small_stem: bool) -> int:
+    """Smallest input that still reaches the last stage with a ≥ 1×1 map (total stride 8 or 32)."""
+    return 8 if small_stem else 32
+
+
+def arch_spec(
+    *,
+    arch: str,
+    epsilon: float | None = None,
+    width: int = 64,
+    num_classes: int = 1000,
+    small_stem: bool = False,
+) -> ArchSpec:
+    """Validate the arguments of `build_model` and return the architecture description."""
+    check(arch in ARCHITECTURES, f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+    entry = ARCHITECTURES[arch]
+    check(isinstance(width, int) and width >= 1, f"width must be an integer ≥ 1, got {width!r}")
+    check(
+        isinstance(num_classes, int) and num_classes >= 1,
+        f"num_classes must be an integer ≥ 1, got {num_classes!r}",
+    )
+    if entry.gated:
+        check(epsilon is not None, f"{arch} needs epsilon (a float ≥ 0)")
+        check(float(epsilon) >= 0, f"epsilon must be ≥ 0, got {epsilon!r}")
+    else:
+        check(
+            epsilon is None,
+            f"epsilon={epsilon!r} given for {arch}, which has no ε gate; use {EPS_PREFIX}{arch}",
+        )
+    return ArchSpec(
+        name=arch,
+        layers=STAGE_DEPTHS[entry.depth],
+        width=width,
+        small_stem=small_stem,
+        num_classes=num_classes,
+        epsilon=None if epsilon is None else float(epsilon),
+        side_head=entry.gated,
+    )
+
+
+def build_model(
+    *,
+    arch: str = "resnet50",
+    epsilon: float | None = None,
+    width: int = 64,
+    num_classes: int = 1000,
+    small_stem: bool = False,
+) -> ResNet:
+    """Build a registered architecture.
+
+    `resnet50/101/152` are torchvision's V1.5 ResNets (He et al., CVPR 2016; stride on the 3×3 conv): at
+    width 64 and 1000 classes they have exactly torchvision's 25,557,032 / 44,549,160 / 60,192,808
+    parameters. `eps_resnet50/101/152` are the ε-ResNet counterparts (Yu, Yu, Ramalingam, CVPR 2018): the
+    same topology with the strict-identity gate on every block and one side-supervision head.
+    `width` is the base width (64 in the papers); `small_stem` swaps the 7×7/2 stem and max-pool for a 3×3/1
+    stem, for 32–64 px inputs.
+    """
+    return ResNet(
+        arch_spec(arch=arch, epsilon=epsilon, width=width, num_classes=num_classes, small_stem=small_stem)
+    )
+
+
+def check_image_size(image_size: int, *, small_stem: bool) -> None:
+    lo = min_image_size(small_stem)
+    stem = "small (3×3) stem" if small_stem else "standard (7×7/2 + max-pool) stem"
+    check(
+        isinstance(image_size, int) and image_size >= lo,
+        f"image_size {image_size!r} is too small for the {stem}; accepted: ≥ {lo} px",
+    )

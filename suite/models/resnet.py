@@ -1,0 +1,172 @@
+"""One ResNet class for every depth, variant and pruned state: the architecture is data (`ArchSpec`).
+
+Blocks are torchvision's V1.5 `Bottleneck` (stride on the 3×3 conv; He et al. 2016 put it on the first 1×1,
+torchvision moved it, see torchvision/models/resnet.py), or its ε-gated subclass. Module names follow
+torchvision (`conv1`, `bn1`, `layer1`…`layer4`, `fc`) so state-dict keys line up with torchvision's models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
+
+from suite.models.epsilon import EpsilonBottleneck, ShortcutOnly, SideHead
+
+EXPANSION = Bottleneck.expansion
+STAGE_STRIDES = (1, 2, 2, 2)
+STAGE_PLANES = (1, 2, 4, 8)  # multiples of the base width
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Everything needed to rebuild a model, JSON-able so it can sit next to a state dict.
+
+    `kept` lists, per stage, the original indices of the blocks still present as full bottlenecks; `None`
+    means all of them. A stage whose first (projection) block was purged keeps that block's shortcut.
+    """
+
+    name: str
+    layers: tuple[int, ...]
+    width: int = 64
+    small_stem: bool = False
+    num_classes: int = 1000
+    epsilon: float | None = None
+    side_head: bool = False
+    kept: tuple[tuple[int, ...], ...] | None = field(default=None)
+
+    def kept_blocks(self) -> tuple[tuple[int, ...], ...]:
+        return self.kept if self.kept is not None else tuple(tuple(range(n)) for n in self.layers)
+
+    @property
+    def blocks_total(self) -> int:
+        return sum(self.layers)
+
+    def discarded_per_stage(self) -> tuple[int, ...]:
+        return tuple(n - len(k) for n, k in zip(self.layers, self.kept_blocks(), strict=True))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["kept"] = None if self.kept is None else [list(k) for k in self.kept]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArchSpec:
+        d = dict(d)
+        d["layers"] = tuple(d["layers"])
+        if d.get("kept") is not None:
+            d["kept"] = tuple(tuple(k) for k in d["kept"])
+        return cls(**d)
+
+
+class ResNet(nn.Module):
+    """ResNet with bottleneck blocks; plain, ε-gated or pruned according to its `ArchSpec`.
+
+    In training mode with a side head it returns `(logits, side_logits)`, otherwise `logits`.
+    """
+
+    def __init__(self, arch: ArchSpec):
+        super().__init__()
+        self.arch = arch
+        w = arch.width
+        if arch.small_stem:
+            # For 32–64 px inputs: a 3×3 stride-1 stem without max-pool keeps enough resolution for the four
+            # stages (total stride 8 instead of 32), as in the CIFAR variants of He et al. 2016.
+            self.conv1 = conv3x3(3, w)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.relu = nn.ReLU(inplace=True)
+
+        inplanes = w
+        side_at = sum(arch.layers) // 2 - 1  # the middle block, counted over the unpruned network
+        self._side_after: tuple[int, int] | None = None
+        for s, (n_blocks, kept, mult, stride) in enumerate(
+            zip(arch.layers, arch.kept_blocks(), STAGE_PLANES, STAGE_STRIDES, strict=True)
+        ):
+            planes = w * mult
+            downsample = nn.Sequential(
+                conv1x1(inplanes, planes * EXPANSION, stride), nn.BatchNorm2d(planes * EXPANSION)
+            )
+            blocks: list[nn.Module] = []
+            for j in range(n_blocks):
+                if j not in kept:
+                    if j == 0:
+                        blocks.append(ShortcutOnly(downsample))
+                    continue
+                blocks.append(
+                    self._block(inplanes if j == 0 else planes * EXPANSION, planes, j, stride, downsample)
+                )
+                first_global = sum(arch.layers[:s])
+                if arch.side_head and first_global + j == side_at:
+                    self._side_after = (s, len(blocks) - 1)
+            inplanes = planes * EXPANSION
+            self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
+        if self._side_after is not None:
+            side_channels = w * STAGE_PLANES[self._side_after[0]] * EXPANSION
+            self.side = SideHead(side_channels, arch.num_classes)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inplanes, arch.num_classes)
+        self._init_weights()
+
+    def _block(self, inplanes: int, planes: int, j: int, stride: int, downsample: nn.Module) -> nn.Module:
+        kwargs = {"stride": stride, "downsample": downsample} if j == 0 else {}
+        if self.arch.epsilon is None:
+            return Bottleneck(inplanes, planes, **kwargs)
+        return EpsilonBottleneck(inplanes, planes, epsilon=self.arch.epsilon, **kwargs)
+
+    def _init_weights(self) -> None:
+        # torchvision's initialisation (He et al. 2015, fan-out), so a width-64 model is torchvision's model.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        side_logits = None
+        for s, stage in enumerate(self.stages):
+            for j, block in enumerate(stage):
+                x = block(x)
+                if self.training and self._side_after == (s, j):
+                    side_logits = self.side(x)
+        logits = self.fc(torch.flatten(self.avgpool(x), 1))
+        return logits if side_logits is None else (logits, side_logits)
+
+    # ε-ResNet helpers -----------------------------------------------------------------------------------
+    def gated_blocks(self) -> list[tuple[int, int, EpsilonBottleneck]]:
+        """(stage, original block index, block) for every ε-gated block."""
+        out = []
+        for s, (stage, kept) in enumerate(zip(self.stages, self.arch.kept_blocks(), strict=True)):
+            full = [m for m in stage if not isinstance(m, ShortcutOnly)]
+            for j, block in zip(kept, full, strict=True):
+                if isinstance(block, EpsilonBottleneck):
+                    out.append((s, j, block))
+        return out
+
+    def set_epsilon(self, epsilon: float) -> None:
+        """Change ε in place (used by ε warm-up, which trains with ε = 0 first)."""
+        for _, _, block in self.gated_blocks():
+            block.epsilon = float(epsilon)
+
+    def blocks_gated_off(self) -> int:
+        """Hard count: blocks whose gate was 0 on the latest batch."""
+        return sum(int(block.gated_off) for _, _, block in self.gated_blocks())
+
+
+def split_outputs(output: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """(logits, side logits or None) from whatever a model's forward returned."""
+    if isinstance(output, tuple):
+        return output[0], output[1]
+    return output, None

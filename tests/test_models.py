@@ -1,0 +1,195 @@
+"""Models: exact counts, the ε gate, forward/backward for every registered architecture, exact pruning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from suite.cli import main
+from suite.errors import UserError
+from suite.models import (
+    ARCHITECTURES,
+    ShortcutOnly,
+    build_model,
+    check_image_size,
+    count_flops,
+    count_params,
+    epsilon_gate,
+    load_model,
+    prune,
+    purge_closest_to_identity,
+    split_outputs,
+)
+
+# torchvision's published parameter counts for its V1.5 ResNets.
+TORCHVISION_PARAMS = {"resnet50": 25_557_032, "resnet101": 44_549_160, "resnet152": 60_192_808}
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
+def test_baseline_parameter_counts_are_torchvisions(arch):
+    assert count_params(build_model(arch=arch)) == TORCHVISION_PARAMS[arch]
+
+
+@pytest.mark.parametrize("depth", sorted(TORCHVISION_PARAMS))
+def test_eps_variant_differs_only_by_the_side_head(depth):
+    eps = build_model(arch=f"eps_{depth}", epsilon=0.1)
+    side = count_params(eps.side)
+    assert count_params(eps) - side == TORCHVISION_PARAMS[depth]
+    # BN(C) + FC(C → 1000) after the middle block; for ResNet-50 that is layer3's first block (C = 1024).
+    c = eps.side.fc.in_features
+    assert side == 2 * c + c * 1000 + 1000
+
+
+def test_resnet50_flops_match_torchvision_published_gmacs():
+    # torchvision publishes 4.089 GMACs for ResNet-50 at 224 px; torch's counter reports 2 FLOPs per MAC.
+    flops = count_flops(build_model(arch="resnet50"), 224)
+    assert flops == pytest.approx(2 * 4.089e9, rel=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_trains_a_step_without_nan(name):
+    gated = ARCHITECTURES[name].gated
+    model = build_model(arch=name, epsilon=0.05 if gated else None, width=4, num_classes=5, small_stem=True)
+    x = torch.randn(4, 3, 16, 16)
+    logits, side = split_outputs(model(x))
+    assert logits.shape == (4, 5)
+    assert (side is not None) == gated
+    loss = logits.logsumexp(1).mean() + (0 if side is None else 0.1 * side.logsumexp(1).mean())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    model.eval()
+    assert model(x).shape == (4, 5)  # side head is training-only
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    epsilon=st.floats(0, 10, allow_nan=False),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_epsilon_gate_is_exactly_zero_or_one(shape, epsilon, seed, scale):
+    f = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    expected = 0.0 if f.abs().max() <= epsilon else 1.0
+    assert epsilon_gate(f, epsilon).item() == expected
+
+
+def test_epsilon_gate_boundary_and_no_gradient():
+    f = torch.tensor([[0.5, -0.5], [0.25, 0.0]], requires_grad=True)
+    assert epsilon_gate(f, 0.5).item() == 0.0  # |F| = ε exactly is inside the band
+    assert epsilon_gate(f, torch.nextafter(torch.tensor(0.5), torch.tensor(0.0)).item()).item() == 1.0
+    t = epsilon_gate(f, 0.1)
+    assert not t.requires_grad
+    (t * f).sum().backward()
+    assert torch.equal(f.grad, torch.ones_like(f))  # the branch's gradient passes T·F; none reaches T
+
+
+def _force_off(model, blocks):
+    """Zero the last BN of the chosen blocks, so their branch output is exactly 0 ≤ ε."""
+    with torch.no_grad():
+        for s, j in blocks:
+            bn3 = model.stages[s][j].bn3
+            bn3.weight.zero_()
+            bn3.bias.zero_()
+
+
+def _calibrated(model, x):
+    """Run a few training batches so BN running statistics are not the trivial initial ones."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x + 0.1 * torch.randn_like(x))
+    return model.eval()
+
+
+@pytest.mark.parametrize("depth", ["resnet50", "resnet101"])
+def test_pruning_forced_blocks_keeps_logits_and_recounts(depth, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(arch=f"eps_{depth}", epsilon=1e-3, width=8, num_classes=7, small_stem=True)
+    forced = [(0, 1), (1, 0), (2, 2), (3, 0)]  # (1, 0) and (3, 0) are stage-first (downsampling) blocks
+    _force_off(model, forced)
+    x = torch.randn(6, 3, 32, 32)
+    _calibrated(model, x)
+    data = [(x[:3], None), (x[3:], None)]
+    with torch.no_grad():
+        before = model(x)
+    result = prune(model, data)
+    assert sorted(result.removed) == sorted(forced)
+    pruned = result.model.eval()
+    with torch.no_grad():
+        after = pruned(x)
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-6)
+    assert (after - before).abs().max() / before.abs().max() <= 1e-5
+    assert isinstance(pruned.layer2[0], ShortcutOnly) and isinstance(pruned.layer4[0], ShortcutOnly)
+    assert sum(len(k) for k in pruned.arch.kept_blocks()) == sum(model.arch.layers) - len(forced)
+    # The recorded count is the count of the model that exists: recount from the modules, compare to
+    # the unpruned count minus exactly the removed blocks' (and side head's) parameters.
+    removed_params = sum(
+        count_params(model.stages[s][j]) - (count_params(model.stages[s][j].downsample) if j == 0 else 0)
+        for s, j in forced
+    )
+    assert count_params(pruned) == count_params(model) - count_params(model.side) - removed_params
+    assert count_flops(pruned, 32) < count_flops(model, 32)
+    # Save + load with weights_only=True rebuilds the same network.
+    path = tmp_path / "pruned.pt"
+    from suite.models import save_model
+
+    save_model(pruned, path)
+    loaded = load_model(path).eval()
+    assert count_params(loaded) == count_params(pruned)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), after)
+
+
+def test_posthoc_purge_removes_k_closest_blocks():
+    torch.manual_seed(0)
+    model = build_model(arch="resnet50", width=8, num_classes=5, small_stem=True)
+    _force_off(model, [(2, 3)])  # a block whose branch is exactly 0 is the closest to the identity
+    x = torch.randn(4, 3, 32, 32)
+    _calibrated(model, x)
+    result = purge_closest_to_identity(model, [(x, None)], k=3)
+    assert len(result.removed) == 3 and (2, 3) in result.removed
+    assert result.scores[(2, 3)] == 0.0
+    assert min(result.scores[b] for b in result.scores if b not in result.removed) >= max(
+        result.scores[b] for b in result.removed
+    )
+    assert result.model(x).shape == (4, 5)
+    assert count_params(result.model) < count_params(model)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"arch": "resnet18"}, "unknown architecture 'resnet18'"),
+        ({"arch": "eps_resnet50", "epsilon": -0.1}, "epsilon must be ≥ 0"),
+        ({"arch": "eps_resnet50"}, "needs epsilon"),
+        ({"arch": "resnet50", "epsilon": 0.1}, "has no ε gate"),
+        ({"arch": "resnet50", "width": 0}, "width must be an integer ≥ 1"),
+        ({"arch": "resnet50", "num_classes": 0}, "num_classes must be an integer ≥ 1"),
+    ],
+)
+def test_bad_model_arguments_are_one_line_errors(kwargs, fragment):
+    with pytest.raises(UserError, match=fragment) as info:
+        build_model(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_image_too_small_for_the_stem():
+    with pytest.raises(UserError, match=r"image_size 16 is too small.*≥ 32"):
+        check_image_size(16, small_stem=False)
+    check_image_size(16, small_stem=True)
+
+
+def test_models_cli_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(ARCHITECTURES)
+    for depth, params in TORCHVISION_PARAMS.items():
+        assert rows[depth]["params"] == params
+        assert isinstance(rows[depth]["flops"], int)
+        assert rows[f"eps_{depth}"]["flops"] == rows[depth]["flops"]
