@@ -59,6 +59,53 @@ def models_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_one_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML file with one run spec (keys: see suite/spec.py)")
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    p.add_argument("--checkpoint-dir", help="checkpoint each epoch here; a relaunch resumes from the latest")
+
+
+@command(
+    "run-one",
+    "run one configuration in the current process group (torchrun, srun or a single process)",
+    _run_one_arguments,
+)
+def run_one_cmd(args: argparse.Namespace) -> int:
+    from launchers.direct import launch_spec, run_one
+    from suite.config import load_run_spec, parse_overrides
+    from suite.data import prepare_data
+    from suite.results import check_results_dir
+    from suite.train import data_config
+
+    spec = launch_spec(load_run_spec(args.config, parse_overrides(args.set)))
+    # Preflight before any process group, model or file: bad input is exit 2 with nothing written.
+    check_results_dir(args.results)
+    prepare_data(data_config(spec))
+    row = run_one(spec, args.results, args.checkpoint_dir)
+    if row.get("status") != "ok":
+        print(f"resnet-bench run-one: run {row['run_id']} {row['status']}: {row['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _schema_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--markdown", action="store_true", help="print the column reference as Markdown")
+
+
+@command("schema", "describe the result tables (columns, types, units)", _schema_arguments)
+def schema_cmd(args: argparse.Namespace) -> int:
+    from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, schema_markdown
+
+    if args.markdown:
+        print(schema_markdown(), end="")
+    else:
+        print(RUN_SCHEMA.to_string(show_field_metadata=False, show_schema_metadata=False))
+        print()
+        print(CURVE_SCHEMA.to_string(show_field_metadata=False, show_schema_metadata=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-bench",

@@ -1,0 +1,247 @@
+"""The result contract: the run table and the curve table, declared once, with units in column names.
+
+Every client (the report, DuckDB, Polars, a reviewer's notebook) reads these columns; `results/README.md`
+is generated from this module (`resnet-bench schema --markdown`) and a test keeps the two equal.
+Counts are exact int64, never rounded; fractions (`top1`, `data_wait_frac`, `mfu`) are in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+    nullable: bool = True
+
+
+def _ts() -> pa.DataType:
+    return pa.timestamp("us", tz="UTC")
+
+
+RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
+    (
+        "identity",
+        (
+            Column("run_id", pa.string(), "stable id derived from the run spec (same spec → same id)", False),
+            Column("grid", pa.string(), "grid name (the results sub-directory)", False),
+            Column("schema_version", pa.int32(), "version of this schema", False),
+            Column("seed", pa.int64(), "random seed of the run", False),
+            Column("repeat", pa.int32(), "repeat index of the same configuration", False),
+            Column(
+                "launcher", pa.string(), "how the ranks were started: ray | torchrun | srun | local", False
+            ),
+            Column("attempts", pa.int32(), "earlier attempts of this run_id that this row replaced", False),
+            Column("spec_json", pa.string(), "the full run spec as JSON, to re-run or recompute", False),
+        ),
+    ),
+    (
+        "model",
+        (
+            Column("arch", pa.string(), "depth: resnet50 | resnet101 | resnet152", False),
+            Column(
+                "variant",
+                pa.string(),
+                "resnet | eps (ε-ResNet) | posthoc (plain ResNet, purged after training)",
+                False,
+            ),
+            Column("epsilon", pa.float64(), "ε of the strict-identity gate (null unless variant = eps)"),
+            Column("width", pa.int32(), "base width (64 in the papers)", False),
+            Column("image_size_px", pa.int32(), "training/eval input side in pixels", False),
+            Column("num_classes", pa.int32(), "classifier outputs", False),
+            Column("dataset", pa.string(), "data backend: synthetic | imagefolder | shapes", False),
+        ),
+    ),
+    (
+        "parameters and blocks",
+        (
+            Column(
+                "params_total", pa.int64(), "parameters of the trained network (ε: including the side head)"
+            ),
+            Column(
+                "params_active", pa.int64(), "parameters of the network after pruning/purging (inference)"
+            ),
+            Column("blocks_total", pa.int32(), "residual blocks of the architecture"),
+            Column(
+                "blocks_discarded",
+                pa.int32(),
+                "blocks removed (ε: gated off on every eval batch; posthoc: k)",
+            ),
+            Column(
+                "blocks_discarded_per_stage", pa.list_(pa.int32()), "blocks removed in each of the 4 stages"
+            ),
+            Column(
+                "flops_per_image", pa.int64(), "forward FLOPs per image of the active network (2 per MAC)"
+            ),
+            Column("flops_per_image_unpruned", pa.int64(), "forward FLOPs per image before pruning"),
+        ),
+    ),
+    (
+        "cluster",
+        (
+            Column("nodes", pa.int32(), "nodes the run spanned", False),
+            Column("devices_per_node", pa.int32(), "ranks (devices) per node", False),
+            Column("world_size", pa.int32(), "data-parallel ranks", False),
+            Column("world_size_changed", pa.bool_(), "true if a restart resumed with a different world size"),
+            Column("device_name", pa.string(), "GPU or CPU model of rank 0"),
+            Column(
+                "device_peak_flops_per_s", pa.float64(), "peak FLOP/s of one device at the run's precision"
+            ),
+            Column("device_peak_source", pa.string(), "datasheet | measured matmul"),
+            Column("peak_memory_bytes", pa.int64(), "peak device memory (CPU: peak RSS) of rank 0"),
+        ),
+    ),
+    (
+        "batch and precision",
+        (
+            Column("micro_batch", pa.int32(), "samples per rank per forward pass (after any OOM halving)"),
+            Column("grad_accum", pa.int32(), "micro-batches accumulated per optimizer step"),
+            Column("global_batch", pa.int32(), "micro_batch × grad_accum × world_size"),
+            Column("precision", pa.string(), "fp32 | bf16 | fp16", False),
+            Column("zero_stage", pa.int32(), "DeepSpeed ZeRO stage (0–2)", False),
+            Column("loader_workers", pa.int32(), "data-loader worker processes per rank"),
+        ),
+    ),
+    (
+        "timing",
+        (
+            Column("epochs", pa.int32(), "training epochs completed"),
+            Column("warmup_steps", pa.int32(), "untimed steps at the start"),
+            Column("timed_steps", pa.int64(), "steps inside the timed window (per rank)"),
+            Column("step_ms_p50", pa.float64(), "median step time, ms (pooled over ranks)"),
+            Column("step_ms_p90", pa.float64(), "90th-percentile step time, ms"),
+            Column("images_per_s", pa.float64(), "training images/s over all ranks in the timed window"),
+            Column(
+                "images_per_s_compute",
+                pa.float64(),
+                "images/s counting compute time only (data wait removed)",
+            ),
+            Column(
+                "data_wait_frac",
+                pa.float64(),
+                "share of the timed window spent waiting for data (worst rank)",
+            ),
+            Column("mfu", pa.float64(), "3 × forward FLOPs × images/s ÷ (world_size × device peak)"),
+            Column("train_time_s", pa.float64(), "wall time of training and evaluation, s"),
+            Column("images_skipped", pa.int64(), "images skipped because they failed to decode"),
+        ),
+    ),
+    (
+        "accuracy",
+        (
+            Column("top1", pa.float64(), "final validation top-1 (fraction) of the active network"),
+            Column("top5", pa.float64(), "final validation top-5 (fraction)"),
+            Column("top1_unpruned", pa.float64(), "validation top-1 before pruning/purging"),
+            Column("target_top1", pa.float64(), "top-1 target for time-to-target"),
+            Column(
+                "time_to_target_s", pa.float64(), "seconds until top-1 first reached the target (null: never)"
+            ),
+        ),
+    ),
+    (
+        "outcome",
+        (
+            Column("status", pa.string(), "ok | diverged | failed", False),
+            Column("error", pa.string(), "error text for diverged/failed runs"),
+            Column("restarts", pa.int32(), "worker restarts from a checkpoint during the run", False),
+            Column(
+                "oom_retries", pa.int32(), "out-of-memory retries (micro-batch halved, accumulation doubled)"
+            ),
+        ),
+    ),
+    (
+        "provenance",
+        (
+            Column("torch_version", pa.string(), "torch version"),
+            Column("deepspeed_version", pa.string(), "DeepSpeed version"),
+            Column("ray_version", pa.string(), "Ray version (null outside Ray)"),
+            Column("python_version", pa.string(), "Python version"),
+            Column("git_sha", pa.string(), "commit of the suite that ran (null outside a git checkout)"),
+            Column("hosts", pa.list_(pa.string()), "host names of the ranks"),
+            Column("slurm_job_id", pa.string(), "Slurm job id (null outside Slurm)"),
+            Column("started_at", _ts(), "run start, UTC", False),
+            Column("ended_at", _ts(), "run end, UTC", False),
+        ),
+    ),
+)
+
+CURVE_COLUMNS: tuple[Column, ...] = (
+    Column("run_id", pa.string(), "the run this epoch belongs to", False),
+    Column("grid", pa.string(), "grid name", False),
+    Column("schema_version", pa.int32(), "version of this schema", False),
+    Column("epoch", pa.int32(), "epoch index, from 0", False),
+    Column("loss", pa.float64(), "mean training loss of the epoch (main head)"),
+    Column("top1", pa.float64(), "validation top-1 after the epoch (fraction)"),
+    Column("top5", pa.float64(), "validation top-5 after the epoch (fraction)"),
+    Column("lr", pa.float64(), "learning rate at the end of the epoch"),
+    Column("blocks_active", pa.int32(), "blocks not gated off on every eval batch (ε; else all)"),
+    Column("epsilon", pa.float64(), "ε in force during the epoch (0 during ε warm-up)"),
+    Column("images_per_s", pa.float64(), "training images/s over all ranks during the epoch"),
+    Column("elapsed_s", pa.float64(), "seconds since the run started, at the end of the epoch", False),
+)
+
+
+def _schema(columns, kind: str) -> pa.Schema:
+    fields = [pa.field(c.name, c.type, nullable=c.nullable, metadata={"doc": c.doc}) for c in columns]
+    return pa.schema(fields, metadata={"resnet_bench_schema_version": str(SCHEMA_VERSION), "table": kind})
+
+
+RUN_SCHEMA = _schema([c for _, cols in RUN_COLUMNS for c in cols], "runs")
+CURVE_SCHEMA = _schema(CURVE_COLUMNS, "curves")
+
+
+README_INTRO = """# results/
+
+Default output location of `resnet-bench`. Everything here except this file is generated and git-ignored.
+
+```
+results/<grid>/runs/<run_id>.parquet     one row per run (the latest attempt of that run id)
+results/<grid>/curves/<run_id>.parquet   one row per run and epoch
+results/<grid>/report.html, report.md    the comparison report
+```
+
+Files are written under a hidden temporary name and renamed into place, so any Parquet client
+(`pyarrow.dataset`, DuckDB `read_parquet('results/<grid>/runs/*.parquet')`, Polars) sees only complete
+files. This page is generated from `suite/schema.py` by `resnet-bench schema --markdown`; a test keeps
+them equal.
+
+"""
+
+
+def _md_row(c: Column) -> str:
+    doc = c.doc.replace("|", "\\|")  # a bare pipe would split the Markdown table cell
+    return f"| `{c.name}` | {c.type}{'' if c.nullable else ', required'} | {doc} |"
+
+
+def schema_markdown() -> str:
+    """`results/README.md`: the column reference, generated so it cannot drift from the schema."""
+    lines = [
+        README_INTRO.rstrip("\n"),
+        "",
+        f"## Run table (`runs/*.parquet`, schema version {SCHEMA_VERSION})",
+        "",
+        "One row per run: the latest attempt of each `run_id`.",
+    ]
+    for group, cols in RUN_COLUMNS:
+        lines += ["", f"### {group}", "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [_md_row(c) for c in cols]
+    lines += [
+        "",
+        "## Curve table (`curves/*.parquet`)",
+        "",
+        "One row per run and epoch.",
+        "",
+        "| column | type | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| `{c.name}` | {c.type}{'' if c.nullable else ', required'} | {c.doc} |" for c in CURVE_COLUMNS
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,204 @@
+"""The run spec: one frozen, validated configuration of one data-parallel training run.
+
+Launchers pass it to workers as a plain dict (`asdict`/`RunSpec.from_dict`), never as globals. `run_id` is
+derived from every field, so the same configuration always gets the same id (a re-submitted grid finds it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from suite.errors import UserError, check
+from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
+
+VARIANTS = ("resnet", "eps", "posthoc")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "step")
+DATASETS = ("synthetic", "imagefolder", "shapes")
+LAUNCHERS = ("ray", "torchrun", "srun", "local")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    # model
+    arch: str = "resnet50"  # depth: resnet50 | resnet101 | resnet152
+    variant: str = "resnet"  # resnet | eps (ε-ResNet) | posthoc (plain ResNet purged after training)
+    epsilon: float | None = None  # ε of the gate; eps variant only
+    eps_warmup_epochs: int = 1  # train with ε = 0 first (see suite/train.py: why)
+    lr_reset_on_discard: bool = True  # ε-ResNet's adaptive learning-rate reset
+    side_loss_weight: float = 0.1  # ε-ResNet side supervision (Yu et al. 2018, Sec. 3.2)
+    purge_blocks: int = 0  # posthoc: blocks closest to the identity to remove
+    finetune_epochs: int = 0  # posthoc: epochs of fine-tuning after the purge
+    width: int = 64
+    small_stem: bool = False
+    image_size: int = 224
+    # data
+    dataset: str = "shapes"  # synthetic | imagefolder | shapes
+    data_dir: str | None = None
+    num_classes: int | None = None  # from the data unless given
+    loader_workers: int = 2
+    min_crop_scale: float | None = None  # None: the data backend's default
+    # schedule and batch
+    epochs: int = 1
+    steps_per_epoch: int | None = None  # cap (None: the whole training split)
+    warmup_steps: int = 5  # untimed steps before the measurement window
+    micro_batch: int = 32
+    grad_accum: int = 1
+    precision: str = "fp32"
+    zero_stage: int = 0
+    # optimizer
+    lr: float = 0.1  # for a global batch of 256, scaled linearly (Goyal et al. 2017)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    lr_warmup_epochs: float = 0.0
+    step_milestones: tuple[int, ...] = (30, 60, 80)
+    step_gamma: float = 0.1
+    # identity and targets
+    seed: int = 0
+    repeat: int = 0
+    target_top1: float | None = None
+    grid: str = "adhoc"
+    nodes: int = 1
+    devices_per_node: int = 1
+    # How the ranks start is part of a run's identity: the same configuration via Ray and via torchrun/srun
+    # are two rows, which is what the launcher-overhead comparison needs.
+    launcher: str = "ray"
+
+    def __post_init__(self):
+        _check_types(self)
+        check(self.arch in STAGE_DEPTHS, f"arch {self.arch!r} unknown; accepted: {', '.join(STAGE_DEPTHS)}")
+        check(self.variant in VARIANTS, f"variant {self.variant!r} unknown; accepted: {', '.join(VARIANTS)}")
+        if self.variant == "eps":
+            check(self.epsilon is not None, "variant 'eps' needs epsilon (a float ≥ 0)")
+            check(self.epsilon >= 0, f"epsilon must be ≥ 0, got {self.epsilon}")
+        else:
+            check(
+                self.epsilon is None,
+                f"epsilon={self.epsilon} given for variant {self.variant!r}; only variant 'eps' has an ε gate",
+            )
+        check(self.purge_blocks >= 0, f"purge_blocks must be ≥ 0, got {self.purge_blocks}")
+        check(
+            self.variant == "posthoc" or (self.purge_blocks == 0 and self.finetune_epochs == 0),
+            "purge_blocks/finetune_epochs apply to variant 'posthoc' only",
+        )
+        blocks = sum(STAGE_DEPTHS[self.arch])
+        check(
+            self.purge_blocks <= blocks, f"purge_blocks {self.purge_blocks} > {blocks} blocks of {self.arch}"
+        )
+        for name in ("width", "epochs", "micro_batch", "grad_accum", "nodes", "devices_per_node"):
+            check(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in (
+            "eps_warmup_epochs",
+            "warmup_steps",
+            "finetune_epochs",
+            "loader_workers",
+            "seed",
+            "repeat",
+        ):
+            check(getattr(self, name) >= 0, f"{name} must be ≥ 0, got {getattr(self, name)}")
+        check(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be ≥ 1 or null"
+        )
+        check_image_size(self.image_size, small_stem=self.small_stem)
+        check(self.dataset in DATASETS, f"dataset {self.dataset!r} unknown; accepted: {', '.join(DATASETS)}")
+        check(
+            self.dataset != "imagefolder" or bool(self.data_dir),
+            "dataset 'imagefolder' needs data_dir (a directory with train/ and val/)",
+        )
+        check(
+            self.num_classes is None or self.num_classes >= 1,
+            f"num_classes must be ≥ 1, got {self.num_classes}",
+        )
+        check(
+            self.precision in PRECISIONS, f"precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}"
+        )
+        check(self.zero_stage in (0, 1, 2), f"zero_stage {self.zero_stage}; accepted: 0, 1, 2")
+        check(self.schedule in SCHEDULES, f"schedule {self.schedule!r}; accepted: {', '.join(SCHEDULES)}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        check(
+            self.min_crop_scale is None or 0 < self.min_crop_scale <= 1,
+            f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}",
+        )
+        check(
+            self.target_top1 is None or 0 < self.target_top1 <= 1,
+            f"target_top1 must be a fraction in (0, 1], got {self.target_top1}",
+        )
+        check(self.launcher in LAUNCHERS, f"launcher {self.launcher!r}; accepted: {', '.join(LAUNCHERS)}")
+        from suite.results import check_name
+
+        check_name("grid name", self.grid)
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def model_arch(self) -> str:
+        """The registry name: `eps_resnet50` for the ε variant, else the depth."""
+        return EPS_PREFIX + self.arch if self.variant == "eps" else self.arch
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.devices_per_node
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world_size
+
+    @property
+    def run_id(self) -> str:
+        """`<variant>-<arch>-<hash of every field>`: readable, and stable for the same configuration."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return f"{self.variant}-{self.arch}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["step_milestones"] = list(self.step_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, *, where: str = "run spec") -> RunSpec:
+        """Build from a plain dict; unknown keys are an error with a "did you mean" suggestion."""
+        known = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {', '.join(sorted(known))}"
+                raise UserError(f"{where}: unknown key {key!r}{hint}")
+        d = dict(d)
+        if isinstance(d.get("step_milestones"), list):
+            d["step_milestones"] = tuple(d["step_milestones"])
+        return cls(**d)
+
+
+def _type_ok(value, annotation: str) -> bool:
+    allowed = {
+        "str": (str,),
+        "int": (int,),
+        "float": (int, float),
+        "bool": (bool,),
+    }
+    if value is None:
+        return "None" in annotation
+    if annotation.startswith("tuple"):
+        return isinstance(value, (tuple, list)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+    for name, types in allowed.items():
+        if annotation.startswith(name) and isinstance(value, types):
+            # bool is an int in Python; a YAML `yes` must not pass for a number (or a number for a flag).
+            return name == "bool" or not isinstance(value, bool)
+    return False
+
+
+def _check_types(spec: RunSpec) -> None:
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if not _type_ok(value, str(f.type)):
+            raise UserError(f"{f.name} must be {f.type}, got {value!r} ({type(value).__name__})")

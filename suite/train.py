@@ -1,0 +1,525 @@
+"""One benchmark run: a data-parallel DeepSpeed training run of one `RunSpec`, measured, written as rows.
+
+Launcher-agnostic: Ray Train, torchrun or srun only decide how the ranks start (see suite/distributed.py);
+everything measured and written here is the same for all of them. Rank 0 writes the row; a run that
+diverges or fails still writes its row (suite/results.py makes the write atomic).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from suite import faults, measure
+from suite.data import DataConfig, Loaders, build_loaders, prepare_data
+from suite.distributed import Placement, all_reduce_sum, gather_objects, setup
+from suite.models import (
+    ResNet,
+    build_model,
+    count_flops,
+    count_params,
+    purge_closest_to_identity,
+    rebuild_without,
+    split_outputs,
+)
+from suite.optim import Schedule, param_groups
+from suite.results import write_run
+from suite.spec import RunSpec
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class RunContext:
+    """What the launcher knows and the science does not."""
+
+    restarts: int = 0
+    resume_from: str | None = None  # a DeepSpeed checkpoint directory to continue from
+    checkpoint_dir: str | None = None  # where each epoch's checkpoint goes (None: no checkpoints)
+    provenance: dict = field(default_factory=dict)  # e.g. ray_version, slurm_job_id
+    # Called on every rank after each epoch's checkpoint, with the epoch's metrics and the checkpoint path.
+    on_epoch: Callable[[dict, Path | None], None] | None = None
+    # Called on every rank every `progress_every` steps with host-side numbers only (no device sync).
+    on_progress: Callable[[dict], None] | None = None
+    progress_every: int = 20
+    write: bool = True
+
+
+def data_config(spec: RunSpec) -> DataConfig:
+    extra = {} if spec.min_crop_scale is None else {"min_crop_scale": spec.min_crop_scale}
+    return DataConfig(
+        backend=spec.dataset,
+        data_dir=spec.data_dir,
+        image_size=spec.image_size,
+        num_classes=spec.num_classes,
+        workers=spec.loader_workers,
+        seed=spec.seed,
+        **extra,
+    )
+
+
+def deepspeed_config(spec: RunSpec, micro_batch: int, grad_accum: int, world_size: int) -> dict:
+    cfg = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world_size,
+        "zero_optimization": {"stage": spec.zero_stage},
+        # SGD is not one of DeepSpeed's own optimizers; ZeRO ≥ 1 refuses it without this flag.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+    if spec.precision == "bf16":
+        # BatchNorm's running statistics must follow the bf16 weights, else batch_norm sees mixed dtypes
+        # (../shared/TOOLCHAIN.md).
+        cfg["bf16"] = {"enabled": True}
+        cfg["data_types"] = {"buffer_dtype": "bf16"}
+    elif spec.precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What carries over between epochs and across a checkpoint/restart."""
+
+    epoch: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    max_discarded: int = 0
+    restart_step: int = 0
+    time_to_target_s: float | None = None
+    curves: list[dict] = field(default_factory=list)
+    world_size: int = 0
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    always_off: list[tuple[int, int]]  # ε blocks gated off on every eval batch of every rank
+
+
+@torch.no_grad()
+def evaluate(model: ResNet, loader, placement: Placement, dtype: torch.dtype) -> EvalResult:
+    """Top-1/top-5 over the whole validation split (each rank its disjoint shard, counts summed)."""
+    model.eval()
+    blocks = model.gated_blocks()
+    off = torch.ones(len(blocks), dtype=torch.bool)
+    correct1 = correct5 = count = loss_sum = 0.0
+    for images, labels in loader:
+        images = images.to(placement.device, dtype, non_blocking=True)
+        labels = labels.to(placement.device, non_blocking=True)
+        logits = model(images).float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top5 == labels[:, None]
+        correct1 += float(hit[:, 0].sum())
+        correct5 += float(hit.any(dim=1).sum())
+        count += len(labels)
+        if blocks:
+            off &= torch.tensor([bool(b.gated_off) for _, _, b in blocks])
+    model.train()
+    correct1, correct5, count, loss_sum, *off_counts = all_reduce_sum(
+        [correct1, correct5, count, loss_sum, *off.float().tolist()], placement.device
+    )
+    world = torch.distributed.get_world_size()
+    always_off = [(s, j) for (s, j, _), n in zip(blocks, off_counts, strict=True) if n == world]
+    count = max(count, 1.0)
+    return EvalResult(correct1 / count, correct5 / count, loss_sum / count, always_off)
+
+
+class Trainer:
+    """A DeepSpeed engine around one model, and the epoch loop with the measurement protocol."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        model: ResNet,
+        loaders: Loaders,
+        placement: Placement,
+        *,
+        micro_batch: int,
+        grad_accum: int,
+        epochs: int,
+        context: RunContext,
+    ):
+        import deepspeed
+
+        self.spec, self.loaders, self.placement, self.context = spec, loaders, placement, context
+        self.micro_batch = micro_batch
+        self.steps_per_epoch = len(loaders.train)
+        if spec.steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, spec.steps_per_epoch)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training split gives no full micro-batch of {micro_batch} per rank")
+        opt_steps_per_epoch = max(self.steps_per_epoch // grad_accum, 1)
+        global_batch = micro_batch * grad_accum * placement.world_size
+        self.schedule = Schedule(
+            total_steps=opt_steps_per_epoch * epochs,
+            warmup_steps=round(spec.lr_warmup_epochs * opt_steps_per_epoch),
+            kind=spec.schedule,
+            steps_per_epoch=opt_steps_per_epoch,
+            milestones=spec.step_milestones,
+            gamma=spec.step_gamma,
+        )
+        lr = spec.lr * global_batch / 256  # linear scaling rule (Goyal et al. 2017)
+        optimizer = torch.optim.SGD(
+            param_groups(model, spec.weight_decay), lr=lr, momentum=spec.momentum, nesterov=spec.nesterov
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model.to(placement.device),
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(spec, micro_batch, grad_accum, placement.world_size),
+        )
+        self.model: ResNet = self.engine.module
+        self.dtype = next(self.model.parameters()).dtype
+        self.epochs = epochs
+        self.meter = measure.ThroughputMeter(
+            warmup_steps=spec.warmup_steps, synchronize=measure.device_synchronizer(placement.device)
+        )
+        if placement.rank == 0:
+            print(
+                f"[resnet-bench] {spec.run_id}: global batch {global_batch} = micro {micro_batch} × accumulation"
+                f" {grad_accum} × world {placement.world_size}; {self.steps_per_epoch} steps/epoch",
+                flush=True,
+            )
+
+    # -----------------------------------------------------------------------------------------------------
+    def save(self, state: TrainState) -> Path | None:
+        if not self.context.checkpoint_dir:
+            return None
+        tag = f"epoch{state.epoch:04d}"
+        self.engine.save_checkpoint(
+            self.context.checkpoint_dir, tag=tag, client_state={"train_state": vars(state)}
+        )
+        return Path(self.context.checkpoint_dir)
+
+    def load(self, path: str) -> TrainState | None:
+        loaded, client = self.engine.load_checkpoint(path)
+        if loaded is None:
+            return None
+        state = TrainState(**client["train_state"])
+        self.schedule.restart_step = state.restart_step
+        return state
+
+    def set_epsilon_for(self, epoch: int) -> float | None:
+        # ε warm-up: the gate is off (ε = 0) for the first epochs. At initialisation many branches are small
+        # (and with zero-initialised last BNs exactly 0), so a gate active from step 0 would switch them off
+        # before they learn anything; a switched-off branch gets no gradient and can never come back.
+        if self.spec.variant != "eps":
+            return None
+        eps = 0.0 if epoch < self.spec.eps_warmup_epochs else float(self.spec.epsilon)
+        self.model.set_epsilon(eps)
+        return eps
+
+    def train_epochs(self, state: TrainState, first_epoch: int, run_start: float) -> EvalResult:
+        spec, engine, meter = self.spec, self.engine, self.meter
+        result = None
+        for epoch in range(first_epoch, first_epoch + self.epochs):
+            if epoch < state.epoch:
+                continue  # resumed past it
+            eps = self.set_epsilon_for(epoch)
+            self.loaders.set_epoch(epoch)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.placement.device)
+            nonfinite = torch.zeros((), dtype=torch.bool, device=self.placement.device)
+            epoch_start, samples = time.perf_counter(), 0
+            meter.resume()
+            for images, labels in itertools.islice(self.loaders.train, self.steps_per_epoch):
+                meter.data_ready()
+                poison = (
+                    faults.at_step(state.step, rank=self.placement.rank, micro_batch=self.micro_batch)
+                    if faults.active()
+                    else None
+                )
+                images = images.to(self.placement.device, self.dtype, non_blocking=True)
+                labels = labels.to(self.placement.device, non_blocking=True)
+                logits, side = split_outputs(engine(images))
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.label_smoothing)
+                if poison == "nan":
+                    loss = loss * float("nan")
+                total = loss
+                if side is not None:
+                    side_loss = F.cross_entropy(side.float(), labels, label_smoothing=spec.label_smoothing)
+                    total = loss + spec.side_loss_weight * side_loss
+                engine.backward(total)
+                engine.step()
+                # Accumulated on the device and read once per epoch: no host sync inside the step.
+                loss_sum += loss.detach()
+                nonfinite |= ~torch.isfinite(loss.detach())
+                meter.step_done(samples=len(labels))
+                samples += len(labels)
+                state.step += 1
+                if self.context.on_progress and state.step % self.context.progress_every == 0:
+                    elapsed = time.perf_counter() - epoch_start
+                    self.context.on_progress(
+                        {
+                            "epoch": epoch,
+                            "step": state.step,
+                            "images_per_s": samples * self.placement.world_size / max(elapsed, 1e-9),
+                        }
+                    )
+            meter.pause()
+            epoch_time = time.perf_counter() - epoch_start
+            loss_total, bad, n = all_reduce_sum(
+                [float(loss_sum), float(nonfinite), float(self.steps_per_epoch)], self.placement.device
+            )
+            if bad:
+                raise Diverged(f"training loss became NaN/inf in epoch {epoch} (step ≤ {state.step})")
+            result = evaluate(self.model, self.loaders.val, self.placement, self.dtype)
+            discarded = len(result.always_off)
+            if spec.variant == "eps" and spec.lr_reset_on_discard and discarded > state.max_discarded and eps:
+                self.schedule.restart(engine.global_steps)
+            state.max_discarded = max(state.max_discarded, discarded)
+            state.restart_step = self.schedule.restart_step
+            state.elapsed_s = time.perf_counter() - run_start
+            if (
+                spec.target_top1 is not None
+                and state.time_to_target_s is None
+                and result.top1 >= spec.target_top1
+            ):
+                state.time_to_target_s = state.elapsed_s
+            point = {
+                "epoch": epoch,
+                "loss": loss_total / max(n, 1),
+                "top1": result.top1,
+                "top5": result.top5,
+                "lr": float(engine.get_lr()[0]),
+                "blocks_active": sum(self.model.arch.layers) - discarded,
+                "epsilon": eps,
+                "images_per_s": samples * self.placement.world_size / max(epoch_time, 1e-9),
+                "elapsed_s": state.elapsed_s,
+            }
+            state.curves.append(point)
+            state.epoch = epoch + 1
+            path = self.save(state)
+            if self.context.on_epoch:
+                self.context.on_epoch(point, path)
+        if result is None:  # every epoch was already done before a restart
+            result = evaluate(self.model, self.loaders.val, self.placement, self.dtype)
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _provenance(context: RunContext) -> dict:
+    import deepspeed
+
+    return {
+        "torch_version": torch.__version__,
+        "deepspeed_version": deepspeed.__version__,
+        "python_version": platform.python_version(),
+        "git_sha": _git_sha(),
+        "ray_version": None,
+        "slurm_job_id": None,
+        **context.provenance,
+    }
+
+
+def _base_row(spec: RunSpec, context: RunContext, started: datetime) -> dict:
+    import json
+
+    return {
+        "run_id": spec.run_id,
+        "grid": spec.grid,
+        "seed": spec.seed,
+        "repeat": spec.repeat,
+        "launcher": spec.launcher,
+        "spec_json": json.dumps(spec.to_dict(), sort_keys=True),
+        "arch": spec.arch,
+        "variant": spec.variant,
+        "epsilon": spec.epsilon,
+        "width": spec.width,
+        "image_size_px": spec.image_size,
+        "num_classes": spec.num_classes or 0,
+        "dataset": spec.dataset,
+        "nodes": spec.nodes,
+        "devices_per_node": spec.devices_per_node,
+        "world_size": spec.world_size,
+        "precision": spec.precision,
+        "zero_stage": spec.zero_stage,
+        "micro_batch": spec.micro_batch,
+        "grad_accum": spec.grad_accum,
+        "global_batch": spec.global_batch,
+        "loader_workers": spec.loader_workers,
+        "warmup_steps": spec.warmup_steps,
+        "target_top1": spec.target_top1,
+        "restarts": context.restarts,
+        "oom_retries": 0,
+        "started_at": started,
+        **_provenance(context),
+    }
+
+
+def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, micro: int, accum: int) -> dict:
+    """One training attempt at a given micro-batch; returns the measured columns."""
+    run_start = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    loaders = build_loaders(
+        data_config(spec), info, micro_batch=micro, rank=placement.rank, world_size=placement.world_size
+    )
+    model = build_model(
+        arch=spec.model_arch,
+        epsilon=spec.epsilon,
+        width=spec.width,
+        num_classes=info.num_classes,
+        small_stem=spec.small_stem,
+    )
+    params_total = count_params(model)
+    flops_unpruned = count_flops(model, spec.image_size)
+    trainer = Trainer(
+        spec,
+        model,
+        loaders,
+        placement,
+        micro_batch=micro,
+        grad_accum=accum,
+        epochs=spec.epochs,
+        context=context,
+    )
+    state = TrainState(world_size=placement.world_size)
+    world_size_changed = False
+    if context.resume_from:
+        resumed = trainer.load(context.resume_from)
+        if resumed is not None:
+            world_size_changed = resumed.world_size != placement.world_size
+            state = resumed
+            state.world_size = placement.world_size
+    result = trainer.train_epochs(state, 0, run_start)
+    summary = trainer.meter.summary()
+    model = trainer.model
+    top1_unpruned = result.top1
+    active = model
+    removed: list[tuple[int, int]] = []
+    if spec.variant == "eps":
+        removed = result.always_off
+        active = rebuild_without(model, removed)
+    elif spec.variant == "posthoc" and spec.purge_blocks:
+        purge = purge_closest_to_identity(model, loaders.val, spec.purge_blocks)
+        removed, active = purge.removed, purge.model
+        if spec.finetune_epochs:
+            tuner = Trainer(
+                replace(spec, warmup_steps=0),
+                active,
+                loaders,
+                placement,
+                micro_batch=micro,
+                grad_accum=accum,
+                epochs=spec.finetune_epochs,
+                context=replace(context, checkpoint_dir=None, on_epoch=context.on_epoch),
+            )
+            result = tuner.train_epochs(state, spec.epochs, run_start)
+            active = tuner.model
+    if active is not model:
+        result = evaluate(active, loaders.val, placement, trainer.dtype)
+    flops_active = count_flops(active, spec.image_size)
+    per_stage = [n - len(k) for n, k in zip(active.arch.layers, active.arch.kept_blocks(), strict=True)]
+    total = measure.combine_ranks(gather_objects(summary))
+    device = measure.device_info(spec.precision, placement.device)
+    ips = total["images_per_s"]
+    return {
+        "num_classes": info.num_classes,
+        "params_total": params_total,
+        "params_active": count_params(active),
+        "blocks_total": sum(model.arch.layers),
+        "blocks_discarded": len(removed),
+        "blocks_discarded_per_stage": per_stage,
+        "flops_per_image": flops_active,
+        "flops_per_image_unpruned": flops_unpruned,
+        "world_size": placement.world_size,
+        "world_size_changed": world_size_changed,
+        "device_name": device.name,
+        "device_peak_flops_per_s": device.peak_flops_per_s,
+        "device_peak_source": device.peak_source,
+        "peak_memory_bytes": measure.peak_memory_bytes(placement.device),
+        "micro_batch": micro,
+        "grad_accum": accum,
+        "global_batch": micro * accum * placement.world_size,
+        "epochs": state.epoch,
+        "timed_steps": total["timed_steps"],
+        "step_ms_p50": total["step_ms_p50"],
+        "step_ms_p90": total["step_ms_p90"],
+        "images_per_s": ips,
+        "images_per_s_compute": total["images_per_s_compute"],
+        "data_wait_frac": total["data_wait_frac"],
+        "mfu": measure.mfu(flops_active, ips, device.peak_flops_per_s * placement.world_size),
+        "images_skipped": int(all_reduce_sum([float(loaders.skipped)], placement.device)[0]),
+        "top1": result.top1,
+        "top5": result.top5,
+        "top1_unpruned": top1_unpruned,
+        "time_to_target_s": state.time_to_target_s,
+        "curves": state.curves,
+    }
+
+
+def run(spec: RunSpec, results_dir: str | Path, context: RunContext | None = None) -> dict:
+    """Run `spec` on the current process group (creating one if needed); every rank returns the row.
+
+    Out-of-memory retries with half the micro-batch and twice the accumulation (global batch kept); NaN loss
+    gives `status = "diverged"`; any other exception `status = "failed"` with its text. Rank 0 writes.
+    """
+    context = context or RunContext()
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    placement = setup()
+    row = _base_row(spec, context, started)
+    row["hosts"] = sorted(set(gather_objects(socket.gethostname())))
+    micro, accum, curves = spec.micro_batch, spec.grad_accum, []
+    try:
+        info = prepare_data(data_config(spec))
+        while True:
+            try:
+                measured = _attempt(spec, placement, context, info, micro, accum)
+                break
+            except torch.OutOfMemoryError:
+                if micro == 1:
+                    raise
+                micro, accum = micro // 2, accum * 2
+                row["oom_retries"] += 1
+                gc.collect()
+                if placement.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if placement.rank == 0:
+                    print(
+                        f"[resnet-bench] out of memory: retrying with micro-batch {micro} × {accum}",
+                        flush=True,
+                    )
+        curves = measured.pop("curves")
+        row.update(measured, status="ok", error=None)
+    except Diverged as e:
+        row.update(status="diverged", error=str(e))
+    except Exception as e:  # a failure is a row, never a lost result
+        tb = traceback.format_exc(limit=-3)
+        row.update(status="failed", error=f"{type(e).__name__}: {e}\n{tb}"[:4000])
+    row["train_time_s"] = time.perf_counter() - t0
+    row["ended_at"] = datetime.now(UTC)
+    if placement.rank == 0 and context.write:
+        write_run(results_dir, row, curves)
+    row["curves"] = curves
+    return row
