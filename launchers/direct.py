@@ -73,11 +73,9 @@ def run_one(spec: RunSpec, results: str | Path, checkpoint_dir: str | None = Non
     """
     os.environ.update(rank_env_from_slurm(dict(os.environ)))
     resume = checkpoint_dir if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists() else None
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or os.environ.get("SLURM_RESTART_COUNT") or 0)
     context = RunContext(
         checkpoint_dir=checkpoint_dir,
         resume_from=resume,
-        restarts=restarts if resume else 0,
         provenance={"slurm_job_id": os.environ.get("SLURM_JOB_ID")},
     )
     return run(spec, results, context)

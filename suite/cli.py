@@ -89,6 +89,19 @@ def run_one_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("grid", nargs="?", help="grid file (default: the embedded CPU demo, grids/default.yaml)")
+    p.add_argument("--results", help="results directory (default: the grid's `results`, else ./results)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded plan and exit")
+
+
+@command("run", "run a grid of configurations on Ray (no GRID: the embedded CPU demo)", _run_arguments)
+def run_cmd(args: argparse.Namespace) -> int:
+    from launchers.cli import run_grid_command
+
+    return run_grid_command(args.grid, results=args.results, dry_run=args.dry_run)
+
+
 def _schema_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", action="store_true", help="print the column reference as Markdown")
 

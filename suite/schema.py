@@ -182,7 +182,7 @@ CURVE_COLUMNS: tuple[Column, ...] = (
     Column("top5", pa.float64(), "validation top-5 after the epoch (fraction)"),
     Column("lr", pa.float64(), "learning rate at the end of the epoch"),
     Column("blocks_active", pa.int32(), "blocks not gated off on every eval batch (ε; else all)"),
-    Column("epsilon", pa.float64(), "ε in force during the epoch (0 during ε warm-up)"),
+    Column("epsilon", pa.float64(), "ε in force during the epoch (null: gate disabled, ε warm-up)"),
     Column("images_per_s", pa.float64(), "training images/s over all ranks during the epoch"),
     Column("elapsed_s", pa.float64(), "seconds since the run started, at the end of the epoch", False),
 )

@@ -34,6 +34,7 @@ class RunSpec:
     finetune_epochs: int = 0  # posthoc: epochs of fine-tuning after the purge
     width: int = 64
     small_stem: bool = False
+    zero_init_residual: bool = False  # blocks start as identities (Goyal et al. 2017)
     image_size: int = 224
     # data
     dataset: str = "shapes"  # synthetic | imagefolder | shapes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import itertools
 import platform
+import shutil
 import socket
 import subprocess
 import time
@@ -105,6 +106,7 @@ class TrainState:
     time_to_target_s: float | None = None
     curves: list[dict] = field(default_factory=list)
     world_size: int = 0
+    restarts: int = 0  # times this run resumed from a checkpoint (any launcher)
 
 
 @dataclass
@@ -204,29 +206,36 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------------------
     def save(self, state: TrainState) -> Path | None:
+        """Checkpoint with DeepSpeed's own format; only the newest epoch is kept (resume needs no more)."""
         if not self.context.checkpoint_dir:
             return None
+        root = Path(self.context.checkpoint_dir)
         tag = f"epoch{state.epoch:04d}"
-        self.engine.save_checkpoint(
-            self.context.checkpoint_dir, tag=tag, client_state={"train_state": vars(state)}
-        )
-        return Path(self.context.checkpoint_dir)
+        self.engine.save_checkpoint(str(root), tag=tag, client_state={"train_state": vars(state)})
+        for old in root.glob("epoch*"):
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+        return root
 
     def load(self, path: str) -> TrainState | None:
         loaded, client = self.engine.load_checkpoint(path)
         if loaded is None:
             return None
         state = TrainState(**client["train_state"])
+        state.restarts += 1
         self.schedule.restart_step = state.restart_step
         return state
 
     def set_epsilon_for(self, epoch: int) -> float | None:
-        # ε warm-up: the gate is off (ε = 0) for the first epochs. At initialisation many branches are small
-        # (and with zero-initialised last BNs exactly 0), so a gate active from step 0 would switch them off
-        # before they learn anything; a switched-off branch gets no gradient and can never come back.
+        """ε for this epoch; None (gate disabled) during the ε warm-up.
+
+        Why the warm-up: at initialisation many branches are small, and with a zero-initialised last BN
+        exactly 0, so a gate active from step 0 would switch them off before they learn anything; a
+        switched-off branch gets no gradient and can never come back.
+        """
         if self.spec.variant != "eps":
             return None
-        eps = 0.0 if epoch < self.spec.eps_warmup_epochs else float(self.spec.epsilon)
+        eps = None if epoch < self.spec.eps_warmup_epochs else float(self.spec.epsilon)
         self.model.set_epsilon(eps)
         return eps
 
@@ -285,7 +294,7 @@ class Trainer:
                 raise Diverged(f"training loss became NaN/inf in epoch {epoch} (step ≤ {state.step})")
             result = evaluate(self.model, self.loaders.val, self.placement, self.dtype)
             discarded = len(result.always_off)
-            if spec.variant == "eps" and spec.lr_reset_on_discard and discarded > state.max_discarded and eps:
+            if spec.variant == "eps" and spec.lr_reset_on_discard and discarded > state.max_discarded:
                 self.schedule.restart(engine.global_steps)
             state.max_discarded = max(state.max_discarded, discarded)
             state.restart_step = self.schedule.restart_step
@@ -377,6 +386,13 @@ def _base_row(spec: RunSpec, context: RunContext, started: datetime) -> dict:
     }
 
 
+def failure_row(spec: RunSpec, *, error: str, restarts: int, started: datetime, ended: datetime) -> dict:
+    """The row of a run that never reached its own row-writing (e.g. all its workers died)."""
+    row = _base_row(spec, RunContext(restarts=restarts), started)
+    row.update(status="failed", error=error[:4000], ended_at=ended, hosts=[])
+    return row
+
+
 def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, micro: int, accum: int) -> dict:
     """One training attempt at a given micro-batch; returns the measured columns."""
     run_start = time.perf_counter()
@@ -390,6 +406,7 @@ def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, mic
         width=spec.width,
         num_classes=info.num_classes,
         small_stem=spec.small_stem,
+        zero_init_residual=spec.zero_init_residual,
     )
     params_total = count_params(model)
     flops_unpruned = count_flops(model, spec.image_size)
@@ -474,6 +491,7 @@ def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, mic
         "top5": result.top5,
         "top1_unpruned": top1_unpruned,
         "time_to_target_s": state.time_to_target_s,
+        "restarts": max(context.restarts, state.restarts),
         "curves": state.curves,
     }
 

@@ -51,9 +51,9 @@ class EpsilonBottleneck(Bottleneck):
     `gated_off`, the decision on the latest batch, for per-block tracking.
     """
 
-    def __init__(self, *args, epsilon: float = 0.0, off_momentum: float = 0.1, **kwargs):
+    def __init__(self, *args, epsilon: float | None = 0.0, off_momentum: float = 0.1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.epsilon = float(epsilon)
+        self.epsilon = None if epsilon is None else float(epsilon)  # None: gate disabled (ε warm-up)
         self.off_momentum = off_momentum
         self.register_buffer("off_rate", torch.zeros(()))
         self.register_buffer("gated_off", torch.zeros((), dtype=torch.bool))
@@ -68,6 +68,11 @@ class EpsilonBottleneck(Bottleneck):
 
     def forward(self, x: Tensor) -> Tensor:
         f = self.branch(x)
+        if self.epsilon is None:
+            # ε warm-up: the gate is disabled, not merely ε = 0; a branch that is exactly 0 at initialisation
+            # (zero-initialised last BN) would otherwise be switched off for good at step 0.
+            self.gated_off.fill_(False)
+            return self.relu(f + self.shortcut(x))
         # All-reduce only while training: evaluation shards may differ in batch count across ranks (every
         # validation image is counted once), so a collective there could deadlock; an eval decision only
         # shapes that batch's output, never the parameters.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from suite.errors import check
 from suite.models.resnet import ArchSpec, ResNet
 
@@ -78,6 +80,7 @@ def build_model(
     width: int = 64,
     num_classes: int = 1000,
     small_stem: bool = False,
+    zero_init_residual: bool = False,
 ) -> ResNet:
     """Build a registered architecture.
 
@@ -86,11 +89,18 @@ def build_model(
     parameters. `eps_resnet50/101/152` are the ε-ResNet counterparts (Yu, Yu, Ramalingam, CVPR 2018): the
     same topology with the strict-identity gate on every block and one side-supervision head.
     `width` is the base width (64 in the papers); `small_stem` swaps the 7×7/2 stem and max-pool for a 3×3/1
-    stem, for 32–64 px inputs.
+    stem, for 32–64 px inputs. `zero_init_residual` starts every block's last BN scale at 0, so each block
+    begins as the identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 5.1).
     """
-    return ResNet(
+    model = ResNet(
         arch_spec(arch=arch, epsilon=epsilon, width=width, num_classes=num_classes, small_stem=small_stem)
     )
+    if zero_init_residual:
+        for stage in model.stages:
+            for block in stage:
+                if hasattr(block, "bn3"):
+                    torch.nn.init.zeros_(block.bn3.weight)
+    return model
 
 
 def check_image_size(image_size: int, *, small_stem: bool) -> None:

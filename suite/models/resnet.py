@@ -155,10 +155,10 @@ class ResNet(nn.Module):
                     out.append((s, j, block))
         return out
 
-    def set_epsilon(self, epsilon: float) -> None:
-        """Change ε in place (used by ε warm-up, which trains with ε = 0 first)."""
+    def set_epsilon(self, epsilon: float | None) -> None:
+        """Change ε in place; None disables the gate (ε warm-up trains the plain network first)."""
         for _, _, block in self.gated_blocks():
-            block.epsilon = float(epsilon)
+            block.epsilon = None if epsilon is None else float(epsilon)
 
     def blocks_gated_off(self) -> int:
         """Hard count: blocks whose gate was 0 on the latest batch."""

@@ -1,0 +1,76 @@
+"""`resnet-bench run`: validate a grid, show its plan, run it on Ray, print the summary and the report path.
+
+Kept in `launchers` (it needs Ray); `suite/cli.py` only forwards the parsed arguments here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from launchers.grid import Grid, load_grid
+from suite.data import prepare_data
+from suite.results import check_results_dir, finished_run_ids, read_runs
+from suite.train import data_config
+
+GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"
+
+
+def default_grid_path() -> Path:
+    return GRIDS_DIR / "default.yaml"
+
+
+def preflight(grid: Grid) -> dict:
+    """Check every point's data (once per distinct data configuration) before anything starts."""
+    infos, by_config = {}, {}
+    for spec in grid.specs:
+        cfg = data_config(spec)
+        if cfg not in by_config:
+            by_config[cfg] = prepare_data(cfg)
+        infos[spec] = by_config[cfg]
+    return infos
+
+
+def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: bool) -> int:
+    console = Console()
+    grid = load_grid(grid_path or default_grid_path())
+    results = results or grid.results or "results"
+    check_results_dir(results)
+    infos = preflight(grid)
+    finished = finished_run_ids(results, grid.name)
+    if dry_run:
+        from launchers.plan import plan_table
+
+        table, _ = plan_table(grid, infos, finished)
+        console.print(table)
+        return 0
+
+    from launchers.plan import summary_table
+    from launchers.progress import GridProgress
+    from launchers.ray_grid import run_grid
+
+    todo = sum(s.run_id not in finished for s in grid.specs)
+    console.print(f"grid {grid.name}: {len(grid.specs)} points, {len(grid.specs) - todo} already finished")
+    outcome = run_grid(grid, results, progress=GridProgress(todo) if todo else None)
+    wanted = {s.run_id for s in grid.specs}
+    rows = [r for r in read_runs(results, grid.name).to_pylist() if r["run_id"] in wanted]
+    console.print(summary_table(rows, f"grid {grid.name} → {Path(results, grid.name)}"))
+    report = _report(results, grid.name, console)
+    if report:
+        console.print(f"report: {report}")
+    missing = wanted - set(outcome.statuses)
+    failed = [r for r, s in outcome.statuses.items() if r in wanted and s == "failed"]
+    if missing or failed:
+        console.print(f"[red]{len(failed)} failed, {len(missing)} without a row[/red]")
+        return 1
+    return 0
+
+
+def _report(results: str, grid: str, console: Console) -> str | None:
+    try:
+        from suite.report import build_report
+    except ImportError:
+        return None
+    paths = build_report(results, Path(results, grid), grids=[grid])
+    return str(getattr(paths, "html", paths))

@@ -1,0 +1,200 @@
+"""Grid files: named axes that expand to run specs, validated with a one-line error for every mistake.
+
+```yaml
+name: default                 # the results sub-directory
+results: results              # optional; the CLI's --results wins
+cluster: {nodes: 1, devices_per_node: 2, use_gpu: false, cpus_per_worker: 0.5}
+concurrency: 1                # points running at once (default: as many as the cluster holds)
+max_failures: 2               # worker-group restarts per point, each from the latest checkpoint
+repeats: 1                    # each point runs this many times (seed = seed + repeat)
+defaults: {width: 8, image_size: 32, epochs: 2, ...}   # RunSpec fields shared by every point
+axes:                         # cartesian product
+  arch: [resnet50, resnet101, resnet152]
+  variant: [resnet, eps]
+  epsilon: [0.5, 1.0]         # applies to variant 'eps' points only
+  nodes: [1, 2]
+points:                       # extra points: overrides of the defaults
+  - {arch: resnet50, variant: posthoc, purge_blocks: 4}
+```
+`global_batch` may be given (in defaults, an axis or a point) instead of `grad_accum`: the accumulation is
+then derived per point, and must come out a whole number.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from suite.config import load_yaml
+from suite.errors import UserError, check
+from suite.results import check_name
+from suite.spec import RunSpec
+
+TOP_KEYS = (
+    "name",
+    "results",
+    "cluster",
+    "concurrency",
+    "max_failures",
+    "repeats",
+    "defaults",
+    "axes",
+    "points",
+)
+CLUSTER_KEYS = ("nodes", "devices_per_node", "use_gpu", "cpus_per_worker")
+SPEC_KEYS = tuple(f.name for f in fields(RunSpec))
+GRID_ONLY_SPEC_KEYS = ("global_batch",)  # accepted where spec keys are, turned into grad_accum
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    nodes: int = 1
+    devices_per_node: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    cluster: ClusterShape
+    concurrency: int
+    max_failures: int
+    specs: tuple[RunSpec, ...]
+    results: str | None = None
+    source: str = ""
+
+
+def _unknown(keys, accepted, where: str) -> None:
+    for key in keys:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"accepted: {', '.join(accepted)}"
+            raise UserError(f"{where}: unknown key {key!r}; {hint}")
+
+
+def _int(value, where: str, lo: int = 1) -> int:
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= lo,
+        f"{where} must be an integer ≥ {lo}, got {value!r}",
+    )
+    return value
+
+
+def _cluster(raw, where: str) -> ClusterShape:
+    check(isinstance(raw, dict), f"{where}: 'cluster' must be a mapping of {', '.join(CLUSTER_KEYS)}")
+    _unknown(raw, CLUSTER_KEYS, f"{where}: cluster")
+    use_gpu = raw.get("use_gpu", False)
+    check(isinstance(use_gpu, bool), f"{where}: cluster.use_gpu must be true or false, got {use_gpu!r}")
+    cpus = raw.get("cpus_per_worker", 1.0)
+    check(
+        isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus > 0,
+        f"{where}: cluster.cpus_per_worker must be a number > 0, got {cpus!r}",
+    )
+    return ClusterShape(
+        nodes=_int(raw.get("nodes", 1), f"{where}: cluster.nodes"),
+        devices_per_node=_int(raw.get("devices_per_node", 1), f"{where}: cluster.devices_per_node"),
+        use_gpu=use_gpu,
+        cpus_per_worker=float(cpus),
+    )
+
+
+def _point(values: dict, where: str) -> RunSpec:
+    """One grid point: derive grad_accum from global_batch if given, then validate as a RunSpec."""
+    values = dict(values)
+    if "global_batch" in values:
+        gb = _int(values.pop("global_batch"), f"{where}: global_batch")
+        micro = values.get("micro_batch", RunSpec.micro_batch)
+        world = values.get("nodes", 1) * values.get("devices_per_node", 1)
+        check(
+            isinstance(micro, int) and gb % (micro * world) == 0,
+            f"{where}: global_batch {gb} is not a multiple of micro_batch {micro} × world size {world};"
+            " accepted: global_batch = micro_batch × grad_accum × nodes × devices_per_node",
+        )
+        values["grad_accum"] = gb // (micro * world)
+    try:
+        return RunSpec.from_dict(values, where=where)
+    except UserError as e:
+        msg = str(e)
+        raise UserError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    except TypeError as e:  # e.g. a nested mapping where a scalar belongs
+        raise UserError(f"{where}: {e}") from None
+
+
+def _expand_axes(axes: dict, where: str) -> list[dict]:
+    check(isinstance(axes, dict), f"{where}: 'axes' must be a mapping of spec keys to lists")
+    _unknown(axes, SPEC_KEYS + GRID_ONLY_SPEC_KEYS, f"{where}: axes")
+    for key, values in axes.items():
+        check(isinstance(values, list), f"{where}: axes.{key} must be a list, got {values!r}")
+        check(len(values) > 0, f"{where}: axes.{key} is empty; give at least one value")
+    eps_values = axes.get("epsilon")
+    others = {k: v for k, v in axes.items() if k != "epsilon"}
+    combos = (
+        [dict(zip(others, c, strict=True)) for c in itertools.product(*others.values())] if others else [{}]
+    )
+    if eps_values is None:
+        return combos
+    out = []
+    for combo in combos:
+        # ε is an axis of the ε variant only: a plain ResNet point is not multiplied by it.
+        if combo.get("variant") == "eps":
+            out.extend({**combo, "epsilon": e} for e in eps_values)
+        else:
+            out.append(combo)
+    return out
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read, expand and validate a grid file; raises UserError (one line) for any mistake."""
+    where = str(path)
+    raw = load_yaml(path, "grid file")
+    _unknown(raw, TOP_KEYS, where)
+    name = raw.get("name", Path(path).stem)
+    check(isinstance(name, str), f"{where}: name must be a string, got {name!r}")
+    check_name("grid name", name)
+    cluster = _cluster(raw.get("cluster", {}), where)
+    defaults = raw.get("defaults", {}) or {}
+    check(isinstance(defaults, dict), f"{where}: 'defaults' must be a mapping of spec keys")
+    _unknown(defaults, SPEC_KEYS + GRID_ONLY_SPEC_KEYS, f"{where}: defaults")
+    for key in ("grid", "repeat"):
+        check(key not in defaults, f"{where}: defaults.{key} is set by the grid itself (use name / repeats)")
+    repeats = _int(raw.get("repeats", 1), f"{where}: repeats")
+    max_failures = _int(raw.get("max_failures", 2), f"{where}: max_failures", lo=0)
+    results = raw.get("results")
+    check(results is None or isinstance(results, str), f"{where}: results must be a path string")
+
+    combos = _expand_axes(raw.get("axes", {}) or {}, where)
+    extra = raw.get("points", []) or []
+    check(isinstance(extra, list), f"{where}: 'points' must be a list of mappings")
+    for i, p in enumerate(extra):
+        check(isinstance(p, dict), f"{where}: points[{i}] must be a mapping of spec keys")
+        _unknown(p, SPEC_KEYS + GRID_ONLY_SPEC_KEYS, f"{where}: points[{i}]")
+    labelled = [(f"{where}: point {c}", c) for c in combos if raw.get("axes")] + [
+        (f"{where}: points[{i}]", p) for i, p in enumerate(extra)
+    ]
+    if not labelled:
+        labelled = [(f"{where}: defaults", {})]
+    devices = {"devices_per_node": cluster.devices_per_node}
+    specs, seen = [], {}
+    for label, values in labelled:
+        for r in range(repeats):
+            merged = {**devices, **defaults, **values, "grid": name, "repeat": r, "launcher": "ray"}
+            merged["seed"] = merged.get("seed", 0) + r
+            spec = _point(merged, label)
+            check(
+                spec.nodes <= cluster.nodes and spec.devices_per_node <= cluster.devices_per_node,
+                f"{label}: needs {spec.nodes} node(s) × {spec.devices_per_node} device(s) but the cluster has"
+                f" {cluster.nodes} × {cluster.devices_per_node}; accepted: nodes ≤ cluster.nodes,"
+                " devices_per_node ≤ cluster.devices_per_node",
+            )
+            check(spec.run_id not in seen, f"{label}: duplicates {seen.get(spec.run_id)} (same run spec)")
+            seen[spec.run_id] = label
+            specs.append(spec)
+    slots = cluster.nodes * cluster.devices_per_node
+    concurrency = raw.get("concurrency")
+    if concurrency is None:
+        concurrency = max(1, slots // max(s.world_size for s in specs))
+    concurrency = _int(concurrency, f"{where}: concurrency")
+    return Grid(name, cluster, concurrency, max_failures, tuple(specs), results, where)

@@ -1,0 +1,220 @@
+"""A grid on Ray: every point a Ray Tune trial whose function runs a Ray Train `TorchTrainer`.
+
+Ray does the scheduling (Tune packs trials into the cluster up to `concurrency`), placement (Train's
+placement group, spread across nodes for multi-node points), retries (`FailureConfig`: a failed worker group
+restarts from the latest reported DeepSpeed checkpoint) and run state (a Train run re-created with the same
+`storage_path` and `name` resumes from its latest checkpoint — how a re-submitted grid continues a point
+whose driver died). Finished points are skipped from the results table itself: `ok`/`diverged` rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from launchers.grid import ClusterShape, Grid
+from suite.errors import check
+from suite.results import finished_run_ids, grid_dir, write_run
+from suite.spec import RunSpec
+
+# Trial drivers only wait on their TorchTrainer; a token CPU lets them not compete with the workers
+# (Tune rejects 0).
+TRIAL_DRIVER_CPU = 0.01
+HIDDEN_STATE = (".checkpoints", ".tune")  # under results/<grid>/, removed when the grid completes
+
+
+def worker_env(grid: Grid) -> dict[str, str]:
+    """Environment every Ray worker process starts with."""
+    env = {
+        # Threads per rank follow the CPUs each worker reserves; oversubscription collapses throughput.
+        "OMP_NUM_THREADS": str(max(1, int(grid.cluster.cpus_per_worker))),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
+    }
+    for key in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "RESNET_BENCH_DATA", "RESNET_BENCH_FAULTS"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+@contextmanager
+def ray_session(grid: Grid) -> Iterator[dict]:
+    """Connect to `RAY_ADDRESS` if set (token auth as the cluster requires), else a local Ray on 127.0.0.1.
+
+    Yields the cluster's total resources. A local Ray is shut down and its temp dir removed at the end.
+    """
+    import ray
+
+    runtime_env = {"env_vars": worker_env(grid)}
+    address = os.environ.get("RAY_ADDRESS")
+    temp_dir = None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        # A short, private temp dir: Ray's socket paths must stay under 107 bytes, and a shared /tmp/ray
+        # may belong to another user or hold another cluster's address.
+        temp_dir = tempfile.mkdtemp(prefix="rb-ray-", dir=os.environ.get("RAY_TMPDIR", "/tmp"))
+        slots = grid.cluster.nodes * grid.cluster.devices_per_node
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, int(slots * grid.cluster.cpus_per_worker + 1)),
+            num_gpus=None if grid.cluster.use_gpu else 0,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            runtime_env=runtime_env,
+        )
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def check_capacity(grid: Grid, specs: list[RunSpec], resources: dict) -> None:
+    """A point that needs more than the whole cluster would wait forever: refuse it up front."""
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    for spec in specs:
+        need_cpu = spec.world_size * grid.cluster.cpus_per_worker + TRIAL_DRIVER_CPU
+        check(
+            need_cpu <= cpus + 1e-9,
+            f"point {spec.run_id} needs {need_cpu:g} CPUs ({spec.world_size} workers × "
+            f"{grid.cluster.cpus_per_worker:g}) but the Ray cluster has {cpus:g}",
+        )
+        if grid.cluster.use_gpu:
+            check(
+                spec.world_size <= gpus,
+                f"point {spec.run_id} needs {spec.world_size} GPUs but the Ray cluster has {gpus:g}",
+            )
+
+
+def scaling_config(cluster: ClusterShape, spec: RunSpec):
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": cluster.cpus_per_worker}
+    if cluster.use_gpu:
+        resources["GPU"] = 1
+    if spec.nodes > 1:
+        # One worker per node must land on distinct nodes (STRICT_SPREAD); with several per node, SPREAD
+        # balances them across nodes as evenly as the cluster allows.
+        strategy = "STRICT_SPREAD" if spec.devices_per_node == 1 else "SPREAD"
+    else:
+        strategy = "PACK"
+    return ScalingConfig(
+        num_workers=spec.world_size,
+        use_gpu=cluster.use_gpu,
+        resources_per_worker=resources,
+        placement_strategy=strategy,
+    )
+
+
+def failed_row(spec: RunSpec, error: str, restarts: int) -> dict:
+    """The row of a point whose workers never produced one (e.g. every restart failed)."""
+    from datetime import UTC, datetime
+
+    from suite.train import failure_row
+
+    now = datetime.now(UTC)
+    return failure_row(spec, error=error, restarts=restarts, started=now, ended=now)
+
+
+def trial(config: dict) -> dict:
+    """Ray Tune function trainable: one grid point = one Ray Train run (named by grid and run id)."""
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from launchers.ray_worker import train_worker
+
+    spec = RunSpec.from_dict(config["spec"])
+    cluster = ClusterShape(**config["cluster"])
+    max_failures = config["max_failures"]
+    results = config["results"]
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "spec": spec.to_dict(),
+            "results": results,
+            "slurm_job_id": config.get("slurm_job_id"),
+        },
+        scaling_config=scaling_config(cluster, spec),
+        run_config=RunConfig(
+            name=spec.run_id,
+            storage_path=str(Path(results, spec.grid, ".checkpoints").resolve()),
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    try:
+        result = trainer.fit()
+        row = result.return_value
+        error = None if result.error is None else str(result.error)
+    except Exception as e:  # every restart failed: the point still gets its row
+        row, error = None, f"{type(e).__name__}: {e}"
+    if not isinstance(row, dict):
+        row = failed_row(spec, error or "the Ray Train run returned no result", max_failures)
+        write_run(results, row, [])
+    if row["status"] in ("ok", "diverged"):
+        shutil.rmtree(Path(results, spec.grid, ".checkpoints", spec.run_id), ignore_errors=True)
+    return {k: row.get(k) for k in ("run_id", "status", "images_per_s", "top1", "blocks_discarded", "error")}
+
+
+@dataclass
+class GridOutcome:
+    planned: int
+    skipped: int
+    ran: int
+    statuses: dict[str, str]  # run_id -> status of the rows now in the table for this grid
+
+
+def run_grid(grid: Grid, results: str | Path, *, progress=None) -> GridOutcome:
+    """Run every unfinished point of `grid`; rows land in `results/<grid>/` (suite/results.py)."""
+    from ray import tune
+
+    results = str(results)
+    done = finished_run_ids(results, grid.name)
+    todo = [s for s in grid.specs if s.run_id not in done]
+    if todo:
+        with ray_session(grid) as resources:
+            check_capacity(grid, todo, resources)
+            tuner = tune.Tuner(
+                tune.with_resources(trial, {"cpu": TRIAL_DRIVER_CPU}),
+                param_space={
+                    "spec": tune.grid_search([s.to_dict() for s in todo]),
+                    "cluster": asdict(grid.cluster),
+                    "max_failures": grid.max_failures,
+                    "results": str(Path(results).resolve()),
+                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                },
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=grid.concurrency,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=grid.name,
+                    storage_path=str((grid_dir(results, grid.name) / ".tune").resolve()),
+                    verbose=0,
+                    callbacks=[progress] if progress else None,
+                ),
+            )
+            tuner.fit()
+    from suite.results import read_runs
+
+    rows = read_runs(results, grid.name).select(["run_id", "status"]).to_pylist()
+    statuses = {r["run_id"]: r["status"] for r in rows}
+    wanted = {s.run_id for s in grid.specs}
+    if wanted <= set(statuses) and all(statuses[r] in ("ok", "diverged") for r in wanted):
+        for name in HIDDEN_STATE:
+            shutil.rmtree(grid_dir(results, grid.name) / name, ignore_errors=True)
+    return GridOutcome(len(grid.specs), len(grid.specs) - len(todo), len(todo), statuses)
+
+
+def _trial_name(trial) -> str:
+    spec = trial.config["spec"]
+    return RunSpec.from_dict(spec).run_id
