@@ -46,6 +46,7 @@ TOP_KEYS = (
 CLUSTER_KEYS = ("nodes", "devices_per_node", "use_gpu", "cpus_per_worker")
 SPEC_KEYS = tuple(f.name for f in fields(RunSpec))
 GRID_ONLY_SPEC_KEYS = ("global_batch",)  # accepted where spec keys are, turned into grad_accum
+GRID_OWNED = ("grid", "repeat", "launcher")  # spec keys the grid sets itself
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,15 @@ def _point(values: dict, where: str) -> RunSpec:
         raise UserError(f"{where}: {e}") from None
 
 
+def _not_grid_owned(values: dict, where: str) -> None:
+    for key in GRID_OWNED:
+        check(key not in values, f"{where}: {key} is set by the grid itself (name, repeats, the launcher)")
+
+
 def _expand_axes(axes: dict, where: str) -> list[dict]:
     check(isinstance(axes, dict), f"{where}: 'axes' must be a mapping of spec keys to lists")
     _unknown(axes, SPEC_KEYS + GRID_ONLY_SPEC_KEYS, f"{where}: axes")
+    _not_grid_owned(axes, f"{where}: axes")
     for key, values in axes.items():
         check(isinstance(values, list), f"{where}: axes.{key} must be a list, got {values!r}")
         check(len(values) > 0, f"{where}: axes.{key} is empty; give at least one value")
@@ -158,8 +165,7 @@ def load_grid(path: str | Path) -> Grid:
     defaults = raw.get("defaults", {}) or {}
     check(isinstance(defaults, dict), f"{where}: 'defaults' must be a mapping of spec keys")
     _unknown(defaults, SPEC_KEYS + GRID_ONLY_SPEC_KEYS, f"{where}: defaults")
-    for key in ("grid", "repeat"):
-        check(key not in defaults, f"{where}: defaults.{key} is set by the grid itself (use name / repeats)")
+    _not_grid_owned(defaults, f"{where}: defaults")
     repeats = _int(raw.get("repeats", 1), f"{where}: repeats")
     max_failures = _int(raw.get("max_failures", 2), f"{where}: max_failures", lo=0)
     results = raw.get("results")
@@ -171,6 +177,7 @@ def load_grid(path: str | Path) -> Grid:
     for i, p in enumerate(extra):
         check(isinstance(p, dict), f"{where}: points[{i}] must be a mapping of spec keys")
         _unknown(p, SPEC_KEYS + GRID_ONLY_SPEC_KEYS, f"{where}: points[{i}]")
+        _not_grid_owned(p, f"{where}: points[{i}]")
     labelled = [(f"{where}: point {c}", c) for c in combos if raw.get("axes")] + [
         (f"{where}: points[{i}]", p) for i, p in enumerate(extra)
     ]

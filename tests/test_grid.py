@@ -1,0 +1,140 @@
+"""Grid files: expansion and the one-line error for every mistake (nothing runs, nothing is written)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from launchers.grid import load_grid
+from suite.errors import UserError
+
+BASE = """
+name: t
+cluster: {nodes: 2, devices_per_node: 2, cpus_per_worker: 0.5}
+defaults: {width: 8, small_stem: true, image_size: 32, dataset: synthetic, micro_batch: 8}
+"""
+
+
+def grid_file(tmp_path, body: str, base: str = BASE):
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(base) + textwrap.dedent(body))
+    return path
+
+
+def test_axes_expand_with_epsilon_only_on_eps_points(tmp_path):
+    grid = load_grid(
+        grid_file(
+            tmp_path,
+            """
+            repeats: 2
+            axes:
+              arch: [resnet50, resnet101]
+              variant: [resnet, eps]
+              epsilon: [0.1, 0.5]
+              nodes: [1, 2]
+            points:
+              - {arch: resnet152, variant: posthoc, purge_blocks: 3}
+            """,
+        )
+    )
+    # (2 arch × (1 resnet + 2 ε) × 2 nodes + 1 extra point) × 2 repeats
+    assert len(grid.specs) == (2 * 3 * 2 + 1) * 2
+    assert len({s.run_id for s in grid.specs}) == len(grid.specs)
+    assert all(s.epsilon is None for s in grid.specs if s.variant != "eps")
+    assert {s.epsilon for s in grid.specs if s.variant == "eps"} == {0.1, 0.5}
+    assert {s.seed for s in grid.specs} == {0, 1} and all(s.grid == "t" for s in grid.specs)
+    assert all(s.devices_per_node == 2 and s.launcher == "ray" for s in grid.specs)
+    assert grid.concurrency == 1  # 4 slots / the largest point (2 nodes × 2)
+
+
+def test_global_batch_derives_accumulation(tmp_path):
+    grid = load_grid(grid_file(tmp_path, "axes:\n  nodes: [1, 2]\n  global_batch: [64]\n"))
+    assert sorted((s.nodes, s.grad_accum, s.global_batch) for s in grid.specs) == [(1, 4, 64), (2, 2, 64)]
+
+
+def test_shipped_grids_validate():
+    from launchers.cli import GRIDS_DIR
+
+    names = {p.stem for p in GRIDS_DIR.glob("*.yaml")}
+    assert {"default", "imagenet", "eps-sweep"} <= names
+    for path in GRIDS_DIR.glob("*.yaml"):
+        grid = load_grid(path)
+        assert grid.specs
+    default = load_grid(GRIDS_DIR / "default.yaml")
+    assert sorted({(s.arch, s.variant) for s in default.specs}) == [
+        (a, v) for a in ("resnet101", "resnet152", "resnet50") for v in ("eps", "resnet")
+    ]
+    assert all(s.world_size == 2 for s in default.specs)
+    imagenet = load_grid(GRIDS_DIR / "imagenet.yaml")
+    assert {s.nodes for s in imagenet.specs} == {1, 2, 4}
+    assert {s.global_batch for s in imagenet.specs} == {1024}
+
+
+# (grid body, fragment the one-line message must contain)
+BAD_GRIDS = [
+    ("axes: {arch: [resnet50]}\nconcurency: 2\n", "unknown key 'concurency'; did you mean 'concurrency'?"),
+    ("axes: {archs: [resnet50]}\n", "axes: unknown key 'archs'; did you mean 'arch'?"),
+    ("defaults2: {}\n", "unknown key 'defaults2'"),
+    ("axes: {arch: []}\n", "axes.arch is empty"),
+    ("axes: {arch: resnet50}\n", "axes.arch must be a list"),
+    ("axes: {width: ['8']}\n", "width must be int, got '8'"),
+    ("axes: {arch: [resnet18]}\n", "arch 'resnet18' unknown; accepted: resnet50, resnet101, resnet152"),
+    ("points: [{variant: resnet, epsilon: 0.1}]\n", "points[0]: epsilon=0.1 given for variant 'resnet'"),
+    ("points: [{variant: eps}]\n", "variant 'eps' needs epsilon"),
+    ("points: [{variant: eps, epsilon: -1}]\n", "epsilon must be ≥ 0"),
+    ("axes: {global_batch: [100]}\n", "global_batch 100 is not a multiple of micro_batch 8 × world size 2"),
+    ("axes: {nodes: [3]}\n", "needs 3 node(s) × 2 device(s) but the cluster has 2 × 2"),
+    ("points: [{devices_per_node: 4}]\n", "needs 1 node(s) × 4 device(s)"),
+    ("points: [{arch: resnet50}, {arch: resnet50}]\n", "duplicates"),
+    ("repeats: 0\n", "repeats must be an integer ≥ 1"),
+    ("concurrency: two\n", "concurrency must be an integer ≥ 1"),
+    ("cluster: {nodes: 0}\n", "cluster.nodes must be an integer ≥ 1"),
+    ("cluster: {use_gpu: maybe}\n", "cluster.use_gpu must be true or false"),
+    ("cluster: {gpus: 1}\n", "cluster: unknown key 'gpus'"),
+    ("name: ../up\n", "grid name '../up' is not a safe name"),
+    ("points: [{micro_batch: 0}]\n", "micro_batch must be ≥ 1"),
+    ("points: [{precision: fp8}]\n", "precision 'fp8'; accepted: fp32, bf16, fp16"),
+    ("points: [{zero_stage: 3}]\n", "zero_stage 3; accepted: 0, 1, 2"),
+    ("points: [{image_size: 4}]\n", "image_size 4 is too small"),
+    ("points: [{dataset: imagefolder}]\n", "dataset 'imagefolder' needs data_dir"),
+    ("points: [{dataset: cifar}]\n", "dataset 'cifar' unknown"),
+    ("points: [{variant: resnet, purge_blocks: 2}]\n", "apply to variant 'posthoc' only"),
+    ("points: [{variant: posthoc, purge_blocks: 99}]\n", "purge_blocks 99 > 16 blocks of resnet50"),
+    ("axes: {arch: [resnet50]}\naxes: {arch: [resnet101]}\n", "duplicate key 'axes'"),
+    ("points: [{grid: x}]\n", "points[0]: grid is set by the grid itself"),
+    ("axes: {repeat: [0, 1]}\n", "axes: repeat is set by the grid itself"),
+]
+
+
+@pytest.mark.parametrize(("body", "fragment"), BAD_GRIDS)
+def test_bad_grid_is_one_line_error(tmp_path, body, fragment):
+    # A body that sets `name` or `cluster` replaces the base's line instead of repeating the key.
+    base = "\n".join(line for line in BASE.splitlines() if not line.startswith(body.split(":")[0] + ":"))
+    path = grid_file(tmp_path, body, base=base + "\n")
+    with pytest.raises(UserError) as info:
+        load_grid(path)
+    message = str(info.value)
+    assert "\n" not in message
+    if fragment:
+        assert fragment in message, message
+    assert list(tmp_path.iterdir()) == [path]  # nothing written
+
+
+def test_yaml_mistakes(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\naxes: {arch: [resnet50\n")
+    with pytest.raises(UserError, match=r"line .*YAML error"):
+        load_grid(bad)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: x\nname: y\n")
+    with pytest.raises(UserError, match="duplicate key 'name'"):
+        load_grid(dup)
+    with pytest.raises(UserError, match="is a directory"):
+        load_grid(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        load_grid(tmp_path / "missing.yaml")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just text\n")
+    with pytest.raises(UserError, match="must be a YAML mapping"):
+        load_grid(scalar)
