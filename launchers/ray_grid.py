@@ -53,7 +53,12 @@ def ray_session(grid: Grid) -> Iterator[dict]:
     address = os.environ.get("RAY_ADDRESS")
     temp_dir = None
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        # A cluster started with token authentication (Ray ≥ 2.52 turns it on for new clusters) needs the
+        # client to say so; the token comes from RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token.
+        token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        if "RAY_AUTH_TOKEN" in os.environ or token_file.exists():
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         # A short, private temp dir: Ray's socket paths must stay under 107 bytes, and a shared /tmp/ray
         # may belong to another user or hold another cluster's address.

@@ -121,7 +121,7 @@ class EvalResult:
 def evaluate(model: ResNet, loader, placement: Placement, dtype: torch.dtype) -> EvalResult:
     """Top-1/top-5 over the whole validation split (each rank its disjoint shard, counts summed)."""
     model.eval()
-    blocks = model.gated_blocks()
+    blocks = model.gated_blocks() if hasattr(model, "gated_blocks") else []
     off = torch.ones(len(blocks), dtype=torch.bool)
     correct1 = correct5 = count = loss_sum = 0.0
     for images, labels in loader:

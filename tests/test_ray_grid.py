@@ -1,0 +1,224 @@
+"""Grids on a real local Ray (and a simulated two-node cluster): rows, failures, restarts, resubmission."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from suite.results import read_curves, read_runs
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+TINY = """
+name: {name}
+cluster: {{nodes: {nodes}, devices_per_node: {dpn}, cpus_per_worker: 0.5}}
+concurrency: {concurrency}
+max_failures: 1
+defaults:
+  width: 4
+  small_stem: true
+  image_size: 16
+  dataset: synthetic
+  micro_batch: 8
+  epochs: 2
+  steps_per_epoch: 4
+  warmup_steps: 1
+  loader_workers: 0
+"""
+
+
+def grid_file(tmp_path: Path, body: str, *, name="g", nodes=1, dpn=2, concurrency=2) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        TINY.format(name=name, nodes=nodes, dpn=dpn, concurrency=concurrency) + textwrap.dedent(body)
+    )
+    return path
+
+
+def resnet_bench(*args, env=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "suite", *args], cwd=REPO, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=timeout, **kwargs,
+    )  # fmt: skip
+
+
+def rows(results: Path, grid: str = "g") -> list[dict]:
+    return read_runs(results, grid).to_pylist()
+
+
+def test_four_point_grid_with_a_failing_point(tmp_path):
+    # The resnet101 point asks for more than the 1024-image synthetic epoch holds per step: it fails at
+    # run time (not at validation) and must become a `failed` row while the others finish.
+    grid = grid_file(
+        tmp_path,
+        """
+        axes:
+          arch: [resnet50]
+          variant: [resnet, eps]
+          epsilon: [0.5]
+        points:
+          - {arch: resnet101}
+          - {arch: resnet101, micro_batch: 1024}
+        """,
+    )
+    results = tmp_path / "results"
+    proc = resnet_bench("run", str(grid), "--results", str(results))
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one point failed
+    got = {(r["arch"], r["variant"], r["micro_batch"]): r for r in rows(results)}
+    assert len(got) == 4
+    failed = got[("resnet101", "resnet", 1024)]
+    assert failed["status"] == "failed" and "no full micro-batch" in failed["error"]
+    ok = [r for k, r in got.items() if k != ("resnet101", "resnet", 1024)]
+    assert all(r["status"] == "ok" and r["launcher"] == "ray" and r["world_size"] == 2 for r in ok)
+    assert all(r["ray_version"] for r in ok)
+    curves = read_curves(results, "g").to_pylist()
+    assert len(curves) == 3 * 2  # 2 epochs for each finished point
+    assert "1 failed" in proc.stdout
+    leftovers = [p for p in (results / "g").rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_worker_killed_mid_run_restarts_from_checkpoint(tmp_path):
+    grid = grid_file(tmp_path, "points:\n  - {arch: resnet50, epochs: 3}\n", concurrency=1)
+    flag = tmp_path / "killed"
+    results = tmp_path / "results"
+    # Step 5 is in the second epoch (4 steps each): epoch 0's checkpoint has been reported to Ray by then.
+    proc = resnet_bench(
+        "run", str(grid), "--results", str(results),
+        env={"RESNET_BENCH_FAULTS": f"kill_at_step=5:rank=1:once={flag}"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert flag.exists()
+    (row,) = rows(results)
+    assert (row["status"], row["restarts"], row["epochs"]) == ("ok", 1, 3)
+    assert [c["epoch"] for c in read_curves(results, "g").to_pylist()] == [0, 1, 2]
+
+
+def test_driver_killed_and_rerun_finishes_without_duplicates(tmp_path):
+    grid = grid_file(
+        tmp_path, "axes:\n  arch: [resnet50, resnet101, resnet152]\n  variant: [resnet]\n", concurrency=1
+    )
+    results = tmp_path / "results"
+    runs = results / "g" / "runs"
+    # Own session: SIGKILL to the process group takes the driver and the Ray it started, like a lost node.
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "suite", "run", str(grid), "--results", str(results)],
+        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list(runs.glob("*.parquet")):
+            time.sleep(0.5)
+        assert list(runs.glob("*.parquet")), "no point finished in time"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    first = {r["run_id"]: r["ended_at"] for r in rows(results)}
+    assert 1 <= len(first) < 3
+    proc = resnet_bench("run", str(grid), "--results", str(results))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = rows(results)
+    assert len(final) == 3 and len({r["run_id"] for r in final}) == 3
+    for r in final:
+        if r["run_id"] in first:
+            assert r["ended_at"] == first[r["run_id"]] and r["attempts"] == 0  # not re-run
+    visible = sorted(p.name for p in (results / "g").rglob("*") if p.is_file())
+    assert all(name.endswith(".parquet") for name in visible), visible
+    assert not (results / "g" / ".tune").exists() and not (results / "g" / ".checkpoints").exists()
+
+
+def test_bad_grid_exits_2_and_writes_nothing(tmp_path):
+    grid = grid_file(tmp_path, "axes: {arch: [resnet18]}\n")
+    proc = resnet_bench("run", str(grid), "--results", str(tmp_path / "results"), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "resnet18" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_prints_the_plan(tmp_path):
+    grid = grid_file(
+        tmp_path, "axes: {arch: [resnet50, resnet152], variant: [resnet, eps], epsilon: [0.5]}\n"
+    )
+    proc = resnet_bench("run", str(grid), "--dry-run", "--results", str(tmp_path / "results"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 points" in proc.stdout and "device-hours" in proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+# --- a simulated two-node cluster ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Head + one worker node (1 CPU each) on 127.0.0.1, with a known metrics port; shut down by the test."""
+    from ray.cluster_utils import Cluster
+
+    from suite.distributed import free_port
+
+    metrics_port = free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "metrics_export_port": metrics_port, "node_ip_address": "127.0.0.1",
+        },
+    )  # fmt: skip
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, metrics_port
+    finally:
+        cluster.shutdown()
+
+
+def test_two_node_point_spreads_workers_and_exports_live_metrics(tmp_path, two_nodes):
+    cluster, metrics_port = two_nodes
+    grid = grid_file(
+        tmp_path, "points:\n  - {arch: resnet50, epochs: 3, steps_per_epoch: 30}\n", nodes=2, dpn=1
+    )
+    results = tmp_path / "results"
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "suite", "run", str(grid), "--results", str(results)],
+        cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    seen = None
+    try:
+        deadline = time.monotonic() + 300
+        while driver.poll() is None and time.monotonic() < deadline and seen is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                seen = next(
+                    (ln for ln in text.splitlines() if ln.startswith("ray_resnet_bench_images_per_s{")), None
+                )
+            except OSError:
+                pass
+            time.sleep(1)
+        driver.wait(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, log.read_text()[-3000:]
+    (row,) = rows(results)
+    assert row["status"] == "ok" and row["world_size"] == 2 and row["nodes"] == 2
+    assert seen is not None, "the images/s gauge never appeared on the metrics endpoint"
+    assert f'run_id="{row["run_id"]}"' in seen and 'grid="g"' in seen
+    # The two Train workers ran on different Ray nodes.
+    import ray
+    from ray.util.state import list_actors
+
+    ray.init(address=cluster.address)
+    try:
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
+        assert len({w.node_id for w in workers}) == 2
+    finally:
+        ray.shutdown()

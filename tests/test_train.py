@@ -1,0 +1,190 @@
+"""The run unit on real DeepSpeed engines (CPU, gloo), 1 and 2 ranks, launched as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+from suite.results import read_curves, read_runs
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "arch": "resnet50",
+    "width": 4,
+    "small_stem": True,
+    "image_size": 16,
+    "dataset": "synthetic",
+    "micro_batch": 8,
+    "epochs": 2,
+    "warmup_steps": 1,
+    "loader_workers": 0,
+    "lr": 0.4,
+    "grid": "t",
+}
+
+
+def write_config(tmp_path: Path, **overrides) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, **overrides}))
+    return path
+
+
+def run_one(tmp_path: Path, config: Path, *extra: str, ranks: int = 1, env: dict | None = None, timeout=300):
+    """`resnet-bench run-one` (1 rank) or `torchrun --nproc_per_node N -m suite run-one` (N ranks)."""
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "suite", "run-one", str(config)]
+    else:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
+            "--master_port=0", "-m", "suite", "run-one", str(config),
+        ]  # fmt: skip
+    cmd += ["--results", str(tmp_path / "results"), *extra]
+    return subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def only_row(tmp_path: Path) -> dict:
+    rows = read_runs(tmp_path / "results", "t").to_pylist()
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks):
+    config = write_config(
+        tmp_path, variant="eps", epsilon=0.5, dataset="shapes", width=8, image_size=32, micro_batch=16,
+        epochs=2, steps_per_epoch=25, eps_warmup_epochs=1, zero_init_residual=True,
+    )  # fmt: skip
+    proc = run_one(tmp_path, config, ranks=ranks)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert row["status"] == "ok" and row["error"] is None
+    assert row["world_size"] == ranks and row["launcher"] == ("torchrun" if ranks == 2 else "local")
+    assert row["global_batch"] == 16 * ranks
+    assert row["timed_steps"] > 0 and row["images_per_s"] > 0 and 0 <= row["data_wait_frac"] <= 1
+    assert row["params_active"] <= row["params_total"] and row["blocks_total"] == 16
+    assert row["blocks_discarded"] == sum(row["blocks_discarded_per_stage"])
+    assert row["mfu"] > 0 and row["device_peak_flops_per_s"] > 0
+    curves = read_curves(tmp_path / "results", "t").to_pylist()
+    assert [c["epoch"] for c in curves] == [0, 1]
+    assert curves[1]["loss"] < curves[0]["loss"]  # it learns
+    assert curves[0]["epsilon"] is None and curves[1]["epsilon"] == 0.5  # ε warm-up, then the gate
+    assert row["top1"] > 0.2  # 10 classes: chance is 0.1
+    # An independent client reads the files with the declared schema.
+    files = str(tmp_path / "results" / "t" / "runs" / "*.parquet")
+    got = duckdb.sql(f"SELECT run_id, status, params_total FROM read_parquet('{files}')").fetchall()
+    assert got == [(row["run_id"], "ok", row["params_total"])]
+    assert "global batch" in proc.stdout and proc.stdout.count("global batch") == 1  # printed once, by rank 0
+
+
+def test_forced_nan_is_a_diverged_row(tmp_path):
+    proc = run_one(tmp_path, write_config(tmp_path), env={"RESNET_BENCH_FAULTS": "nan_at_step=2"})
+    assert proc.returncode == 1
+    row = only_row(tmp_path)
+    assert row["status"] == "diverged" and "NaN" in row["error"]
+
+
+def test_simulated_oom_retries_with_half_the_micro_batch(tmp_path):
+    proc = run_one(
+        tmp_path, write_config(tmp_path, micro_batch=16), env={"RESNET_BENCH_FAULTS": "oom_above_micro=8"}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert (row["status"], row["oom_retries"], row["micro_batch"], row["grad_accum"]) == ("ok", 1, 8, 2)
+    assert row["global_batch"] == 16
+
+
+def test_a_failure_is_a_failed_row(tmp_path):
+    proc = run_one(tmp_path, write_config(tmp_path), env={"RESNET_BENCH_FAULTS": "raise_at_step=3"})
+    assert proc.returncode == 1
+    row = only_row(tmp_path)
+    assert row["status"] == "failed" and "injected failure at step 3" in row["error"]
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    config = write_config(tmp_path, epochs=3, steps_per_epoch=4)
+    ckpt = tmp_path / "ckpt"
+    flag = tmp_path / "killed-once"
+    # Step 6 is in the second epoch: the first epoch's checkpoint exists by then.
+    proc = run_one(tmp_path, config, "--checkpoint-dir", str(ckpt),
+                   env={"RESNET_BENCH_FAULTS": f"kill_at_step=6:once={flag}"})  # fmt: skip
+    assert proc.returncode != 0 and flag.exists()
+    assert read_runs(tmp_path / "results", "t").num_rows == 0  # SIGKILL: no row, and no partial file
+    assert (ckpt / "latest").read_text().strip() == "epoch0001"
+    proc = run_one(tmp_path, config, "--checkpoint-dir", str(ckpt))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert (row["status"], row["restarts"], row["epochs"]) == ("ok", 1, 3)
+    assert [c["epoch"] for c in read_curves(tmp_path / "results", "t").to_pylist()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"dataset": "imagefolder", "data_dir": "/nonexistent/imagenet"}, "/nonexistent/imagenet"),
+        ({"archh": "resnet50"}, "unknown key 'archh'; did you mean 'arch'?"),
+        ({"variant": "eps"}, "variant 'eps' needs epsilon"),
+        ({"zero_stage": 3}, "zero_stage 3; accepted: 0, 1, 2"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, overrides, fragment):
+    proc = run_one(tmp_path, write_config(tmp_path, **overrides), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_results_dir_that_is_a_file(tmp_path):
+    (tmp_path / "results").write_text("not a directory")
+    proc = run_one(tmp_path, write_config(tmp_path), timeout=120)
+    assert proc.returncode == 2 and "is a file" in proc.stderr
+
+
+EXACTLY_ONCE = """
+import os, sys, torch, torch.distributed as dist
+from suite.data import DataConfig, build_loaders, prepare_data
+from suite.distributed import setup
+from suite.train import evaluate
+placement = setup()
+cfg = DataConfig(backend="imagefolder", data_dir=sys.argv[1], image_size=16, workers=0)
+info = prepare_data(cfg)
+loaders = build_loaders(cfg, info, micro_batch=2, rank=placement.rank, world_size=placement.world_size)
+class AlwaysZero(torch.nn.Module):
+    def forward(self, x):
+        return torch.tensor([[1.0, 0.0]]).repeat(len(x), 1)
+result = evaluate(AlwaysZero(), loaders.val, placement, torch.float32)
+if placement.rank == 0:
+    print("TOP1", repr(result.top1))
+"""
+
+
+def test_two_rank_evaluation_counts_each_image_once(tmp_path):
+    from PIL import Image
+
+    # 7 validation images (3 of class a, 4 of class b): 7 does not divide by 2 ranks.
+    for split, counts in (("train", (2, 2)), ("val", (3, 4))):
+        for cls, n in zip(("a", "b"), counts, strict=True):
+            d = tmp_path / "data" / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 20), (40 * i, 100, 30)).save(d / f"{i}.jpg")
+    script = tmp_path / "once.py"
+    script.write_text(EXACTLY_ONCE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         "--master_port=0", str(script), str(tmp_path / "data")],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top1 = float(proc.stdout.split("TOP1")[1].split()[0])
+    assert top1 == 3 / 7  # a model that always says "a" is right on exactly the 3 a-images, counted once
