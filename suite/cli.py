@@ -119,6 +119,27 @@ def schema_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="?", default="results", help="results directory (default: results)")
+    p.add_argument(
+        "--out", help="where report.html and report.md go (default: RESULTS, or RESULTS/GRID for one grid)"
+    )
+    p.add_argument(
+        "--grid", action="append", metavar="NAME", help="report this grid only (repeatable; default: all)"
+    )
+
+
+@command(
+    "report", "write the comparison report (report.html, report.md) from the result tables", _report_arguments
+)
+def report_cmd(args: argparse.Namespace) -> int:
+    from suite.report import build_report
+
+    paths = build_report(args.results, args.out, args.grid)
+    print(f"wrote {paths.html} and {paths.markdown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-bench",

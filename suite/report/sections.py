@@ -1,0 +1,510 @@
+"""The report's sections, built from the aggregated configurations (tables and words; figures come in)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from suite.report import compare
+from suite.report.data import DEPTH_NAMES, OLYMPIC_MIN, REPEAT_KEYS, Config, Inputs
+from suite.report.document import (
+    DASH,
+    OLYMPIC_MARK,
+    Figure,
+    Heading,
+    Paragraph,
+    Section,
+    Table,
+    fmt_exact_or_stat,
+    fmt_int,
+    fmt_num,
+    fmt_pct,
+    fmt_stat,
+)
+
+# Spec keys already shown by a configuration's label; the "setup" column shows the other keys that vary.
+LABEL_KEYS = ("arch", "variant", "epsilon", "purge_blocks", "finetune_epochs", *REPEAT_KEYS)
+STATS_NOTE = (
+    "Numbers are over the `status = ok` runs of a configuration: the mean ± the sample standard deviation "
+    f"(no ± for a single run or when every run recorded the same value); with ≥ {OLYMPIC_MIN} runs the olympic mean (minimum and maximum dropped) and "
+    f"the deviation of the remaining runs, marked {OLYMPIC_MARK}."
+)
+
+
+def where(c: Config, many_grids: bool) -> str:
+    """A short description of how a configuration ran, to tell configurations with one label apart."""
+    text = f"{c.world_size} dev · batch {fmt_int(c.global_batch)} · {c.launcher}"
+    return f"{c.grid} · {text}" if many_grids else text
+
+
+def runs_cell(c: Config) -> str:
+    others = [f"+{n} {s}" for s, n in sorted(c.status_counts.items()) if s != "ok"]
+    if c.world_size_changed_runs:
+        others.append(f"{c.world_size_changed_runs} resized ⚠")
+    return f"{len(c.ok_runs)} ({', '.join(others)})" if others else str(len(c.ok_runs))
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _varying_keys(configs: list[Config]) -> list[str]:
+    keys = sorted({k for c in configs for k in c.spec} - set(LABEL_KEYS))
+    return [k for k in keys if len({repr(c.spec.get(k)) for c in configs}) > 1]
+
+
+def _setup(c: Config, varying: list[str]) -> str:
+    parts = []
+    if "nodes" in varying or "devices_per_node" in varying:
+        shape = f" ({c.nodes}×{c.devices_per_node})" if c.nodes > 1 else ""
+        parts.append(f"{c.world_size} dev{shape}")
+    named = {"micro_batch": "micro-batch", "grad_accum": "accumulation"}
+    for key in varying:
+        if key in ("nodes", "devices_per_node"):
+            continue
+        if key == "launcher":
+            parts.append(c.launcher)
+        elif key in named:
+            parts.append(f"{named[key]} {c.spec.get(key)}")
+        else:
+            parts.append(f"{key} {c.spec.get(key)}")
+    return ", ".join(parts)
+
+
+def _shared(configs: list[Config]) -> str:
+    """What every configuration of a table has in common, so the table need not repeat it."""
+    facts = []
+    for text in (
+        {f"{c.world_size} devices" for c in configs},
+        {f"global batch {fmt_int(c.global_batch)}" for c in configs},
+        {f"launcher {c.launcher}" for c in configs},
+        {f"{c.spec.get('precision')}" for c in configs if c.spec.get("precision")},
+        {f"{c.spec.get('dataset')} data" for c in configs if c.spec.get("dataset")},
+        {f"{c.spec.get('image_size')} px" for c in configs if c.spec.get("image_size")},
+        {f"{c.spec.get('epochs')} epochs" for c in configs if c.spec.get("epochs")},
+        {f"target top-1 {fmt_num(c.target_top1, 1, 100)} %" for c in configs if c.target_top1 is not None},
+    ):
+        if len(text) == 1:
+            facts.append(next(iter(text)))
+    return ", ".join(facts)
+
+
+def _time_to_target(c: Config) -> str:
+    if c.target_top1 is None:
+        return "no target"
+    if c.time_to_target_s.n == 0:
+        return "not reached"
+    text = fmt_stat(c.time_to_target_s, 0)
+    return (
+        text
+        if c.time_to_target_s.n == len(c.ok_runs)
+        else f"{text} ({c.time_to_target_s.n} of {len(c.ok_runs)})"
+    )
+
+
+def _blocks(c: Config) -> str:
+    total = DASH if c.blocks_total is None else str(c.blocks_total)
+    return f"{fmt_exact_or_stat(c.blocks_discarded, 1)} / {total}"
+
+
+def _per_stage(c: Config) -> str:
+    if not c.blocks_discarded_per_stage:
+        return DASH
+    return "/".join(
+        fmt_num(s.mean, 0 if s.mean is None or float(s.mean).is_integer() else 1)
+        for s in c.blocks_discarded_per_stage
+    )
+
+
+MODEL_HEADERS = (
+    "configuration",
+    "setup",
+    "runs",
+    "params total",
+    "params active",
+    "Δ active",
+    "blocks discarded",
+    "per stage",
+    "GFLOPs / image",
+    "top-1 (%)",
+    "top-5 (%)",
+)
+SPEED_HEADERS = (
+    "configuration",
+    "setup",
+    "runs",
+    "images/s",
+    "images/s per device",
+    "MFU (%)",
+    "time to target (s)",
+)
+
+
+def model_row(c: Config, varying: list[str]) -> tuple[str, ...]:
+    return (
+        c.label,
+        _setup(c, varying),
+        runs_cell(c),
+        fmt_exact_or_stat(c.params_total, 0),
+        fmt_exact_or_stat(c.params_active, 0),
+        fmt_pct(c.params_active_delta_pct, 1, signed=True),
+        _blocks(c),
+        _per_stage(c),
+        fmt_stat(c.flops_per_image, 2, 1e-9),
+        fmt_stat(c.top1, 2, 100),
+        fmt_stat(c.top5, 2, 100),
+    )
+
+
+def speed_row(c: Config, varying: list[str]) -> tuple[str, ...]:
+    return (
+        c.label,
+        _setup(c, varying),
+        runs_cell(c),
+        fmt_stat(c.images_per_s, 0),
+        fmt_stat(c.images_per_s_per_device, 1),
+        fmt_stat(c.mfu, 1, 100),
+        _time_to_target(c),
+    )
+
+
+def _table(
+    title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]], varying: list[str], notes
+) -> Table:
+    if not varying:  # nothing but the label tells the rows apart: drop the empty setup column
+        headers = headers[:1] + headers[2:]
+        rows = [r[:1] + r[2:] for r in rows]
+    return Table(headers, tuple(rows), "ll" + "r" * (len(headers) - 2), tuple(notes), title)
+
+
+def headline(configs: list[Config], inputs: Inputs) -> Section:
+    section = Section("1. Headline: ResNet vs ε-ResNet vs post-hoc purged", "headline")
+    ok = [c for c in configs if c.ok_runs]
+    if not ok:
+        section.blocks.append(Paragraph(_nothing_ok(inputs)))
+        return section
+    section.blocks += [
+        Paragraph(
+            "A configuration is a run spec (`spec_json`) without `repeat` and `seed`: its runs differ only in "
+            "the repeat index and the seed. " + STATS_NOTE
+        ),
+        Paragraph(
+            "Δ active: active parameters relative to the total of the plain ResNet of the same depth, width "
+            "and classes. Blocks discarded: ε-ResNet blocks gated off on every evaluation batch, or the k "
+            "blocks purged after training; per stage lists stages 1/2/3/4. GFLOPs: forward pass of the "
+            "active network per image (2 FLOPs per multiply-add). images/s per device: each run's images/s ÷ "
+            "its world size. MFU: model FLOPs utilisation as recorded by the run. Time to target: seconds "
+            "from the start of a run until its top-1 first reached `target_top1`, over the runs that reached it."
+        ),
+    ]
+    missing = [name for v, name in (("eps", "ε-ResNet"), ("posthoc", "post-hoc purged")) if not _has(ok, v)]
+    if missing:
+        section.blocks.append(Paragraph(f"No {' and no '.join(missing)} runs finished ok in these results."))
+    if all(len(c.ok_runs) == 1 for c in ok):
+        section.blocks.append(
+            Paragraph("Every configuration has a single ok run: no standard deviations can be given.")
+        )
+    many_grids = len({c.grid for c in ok}) > 1
+    for (grid, arch), members in _by_depth(ok).items():
+        title = DEPTH_NAMES.get(arch, arch) + (f" ({grid})" if many_grids else "")
+        varying = _varying_keys(members)
+        notes = []
+        if any(s.olympic for c in members for s in (c.top1, c.images_per_s)):
+            notes.append(
+                f"{OLYMPIC_MARK} olympic mean of ≥ {OLYMPIC_MIN} runs (minimum and maximum dropped)."
+            )
+        if not any(c.variant == "resnet" for c in members):
+            notes.append("No ok plain ResNet of this depth: Δ active has no baseline.")
+        if any(c.world_size_changed_runs for c in members):
+            notes.append("⚠ resized: a run that resumed with a different world size (`world_size_changed`).")
+        section.blocks.append(Heading(title))
+        shared = _shared(members)
+        if shared:
+            section.blocks.append(Paragraph(f"Every row: {shared}."))
+        model = [model_row(c, varying) for c in members]
+        speed = [speed_row(c, varying) for c in members]
+        section.blocks.append(_table("Size and accuracy", MODEL_HEADERS, model, varying, ()))
+        section.blocks.append(_table("Training throughput", SPEED_HEADERS, speed, varying, notes))
+    return section
+
+
+def _has(configs: list[Config], variant: str) -> bool:
+    return any(c.variant == variant for c in configs)
+
+
+def _by_depth(configs: list[Config]) -> dict[tuple[str, str], list[Config]]:
+    groups: dict[tuple[str, str], list[Config]] = {}
+    for c in configs:
+        groups.setdefault((c.grid, c.arch), []).append(c)
+    return groups
+
+
+def _nothing_ok(inputs: Inputs) -> str:
+    if not inputs.runs:
+        grids = ", ".join(f"`{g}`" for g in inputs.grids) or "none"
+        return f"No runs found (grids: {grids}): the run tables `runs/*.parquet` are empty or missing."
+    statuses = Counter(r["status"] for r in inputs.runs)
+    found = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    return f"No run finished with status ok ({found}); see section 6 for their errors."
+
+
+# ----------------------------------------------------------------------------------------------------------
+def pareto(configs: list[Config], front: list[Config], figure: Figure | None, many_grids: bool) -> Section:
+    section = Section("2. Accuracy vs active parameters", "pareto")
+    if figure is None:
+        section.blocks.append(Paragraph("No ok run with both `top1` and `params_active`: nothing to plot."))
+        return section
+    section.blocks += [
+        figure,
+        Paragraph(
+            "Pareto front: configurations that no other configuration beats with fewer active parameters "
+            "and a higher mean top-1."
+        ),
+        Table(
+            ("configuration", "where", "runs", "params active", "top-1 (%)"),
+            tuple(
+                (
+                    c.label,
+                    where(c, many_grids),
+                    runs_cell(c),
+                    fmt_exact_or_stat(c.params_active, 0),
+                    fmt_stat(c.top1, 2, 100),
+                )
+                for c in front
+            ),
+            "llrrr",
+        ),
+    ]
+    return section
+
+
+def scaling(series: list[compare.ScalingSeries], figure: Figure | None, configs: list[Config]) -> Section:
+    section = Section("3. Scaling with the number of devices", "scaling")
+    if not series:
+        sizes = sorted({c.world_size for c in configs if c.images_per_s.mean is not None})
+        found = ", ".join(map(str, sizes)) or "none"
+        section.blocks.append(
+            Paragraph(
+                "Scaling needs one configuration measured at two or more world sizes (equal apart from "
+                f"nodes, devices per node, micro-batch and accumulation); none found (world sizes: {found})."
+            )
+        )
+        return section
+    if figure is not None:
+        section.blocks.append(figure)
+    section.blocks.append(
+        Paragraph(
+            "Weak scaling: the per-device batch is fixed, so the global batch grows with the world size. Strong "
+            "scaling: the global batch is fixed. Ideal: the smallest world size's images/s × world size ÷ that "
+            "world size; efficiency = measured ÷ ideal."
+        )
+    )
+    rows = []
+    for s in series:
+        for p in s.points:
+            c = p.config
+            rows.append(
+                (
+                    s.label,
+                    f"{s.kind} ({s.batch})",
+                    str(c.world_size),
+                    fmt_int(c.global_batch),
+                    runs_cell(c),
+                    fmt_stat(c.images_per_s, 0),
+                    fmt_num(p.ideal_images_per_s, 0),
+                    fmt_pct(100 * p.efficiency, 1),
+                )
+            )
+    headers = ("series", "scaling", "world size", "global batch", "runs", "images/s", "ideal", "efficiency")
+    notes: tuple[str, ...] = ()
+    if any(p.config.world_size_changed_runs for s in series for p in s.points):
+        notes = ("⚠ resized: a run that resumed with a different world size (`world_size_changed`).",)
+    section.blocks.append(Table(headers, tuple(rows), "llrrrrrr", notes))
+    return section
+
+
+def curves(
+    configs: list[Config], curve_list: list[compare.Curve], figure: Figure | None, many_grids: bool
+) -> Section:
+    section = Section("4. Training curves", "curves")
+    ok = [c for c in configs if c.ok_runs]
+    if not curve_list:
+        text = "No curve rows (`curves/*.parquet`) for any ok run." if ok else "No ok runs, so no curves."
+        section.blocks.append(Paragraph(text))
+        return section
+    if figure is not None:
+        section.blocks.append(figure)
+    section.blocks.append(
+        Paragraph(
+            "Per-epoch means over the ok runs of each configuration (curve table). Active blocks: blocks not "
+            "gated off on every evaluation batch, shown for ε-ResNet runs."
+        )
+    )
+    rows = []
+    for cv in curve_list:
+        c = cv.config
+        active = DASH
+        if c.variant == "eps" and cv.blocks_active[-1] is not None:
+            active = f"{fmt_num(cv.blocks_active[-1], 1)} / {c.blocks_total}"
+        rows.append(
+            (
+                c.label,
+                where(c, many_grids),
+                f"{cv.runs} of {len(c.ok_runs)}",
+                str(len(cv.epochs)),
+                fmt_num(cv.loss[-1], 3),
+                fmt_num(cv.top1[-1], 2, 100),
+                active,
+            )
+        )
+    headers = (
+        "configuration",
+        "where",
+        "runs with curves",
+        "epochs",
+        "final loss",
+        "final top-1 (%)",
+        "active blocks",
+    )
+    section.blocks.append(Table(headers, tuple(rows), "llrrrrr"))
+    without = [c for c in ok if all(cv.config is not c for cv in curve_list)]
+    if without:
+        names = "; ".join(f"{c.label} ({where(c, many_grids)})" for c in without)
+        section.blocks.append(Paragraph(f"No curve rows for: {names}."))
+    return section
+
+
+def launchers(pairs: list[compare.LauncherPair], configs: list[Config]) -> Section:
+    section = Section("5. Launcher overhead: Ray vs torchrun/srun", "launchers")
+    if not pairs:
+        found = ", ".join(sorted({c.launcher for c in configs if c.images_per_s.mean})) or "none"
+        section.blocks.append(
+            Paragraph(
+                "Needs the same configuration launched by Ray and by torchrun or srun, both ok; none found "
+                f"(launchers with a measured throughput: {found})."
+            )
+        )
+        return section
+    section.blocks.append(
+        Paragraph("Ratio: Ray's images/s ÷ the direct launch's images/s; overhead = 1 − ratio.")
+    )
+    rows = tuple(
+        (
+            p.ray.label,
+            str(p.ray.world_size),
+            runs_cell(p.ray),
+            fmt_stat(p.ray.images_per_s, 0),
+            p.direct.launcher,
+            runs_cell(p.direct),
+            fmt_stat(p.direct.images_per_s, 0),
+            fmt_num(p.ratio, 3),
+            fmt_pct(100 * (1 - p.ratio), 1),
+        )
+        for p in pairs
+    )
+    headers = (
+        "configuration",
+        "world size",
+        "Ray runs",
+        "Ray images/s",
+        "direct",
+        "direct runs",
+        "direct images/s",
+        "ratio",
+        "overhead",
+    )
+    section.blocks.append(Table(headers, rows, "lrrrlrrrr"))
+    return section
+
+
+def failed(configs: list[Config], many_grids: bool) -> Section:
+    section = Section("6. Failed and diverged runs", "failures")
+    bad = compare.failures(configs)
+    total = sum(len(c.runs) for c in configs)
+    if not bad:
+        section.blocks.append(Paragraph(f"None: all {total} runs finished ok." if total else "No runs."))
+        return section
+    section.blocks.append(
+        Paragraph(f"{len(bad)} of {total} runs did not finish ok; the error's first line is shown.")
+    )
+    rows = tuple(
+        (
+            f"`{r['run_id']}`",
+            c.label,
+            where(c, many_grids),
+            str(r["repeat"]),
+            r["status"],
+            compare.first_line(r["error"]),
+            str(r["restarts"]),
+        )
+        for c, r in bad
+    )
+    headers = ("run", "configuration", "where", "repeat", "status", "error", "restarts")
+    section.blocks.append(Table(headers, rows, "lllrlwr"))
+    return section
+
+
+def _values(pairs: list[tuple[str, int]], limit: int = 6) -> str:
+    shown = [f"{v} ({n})" for v, n in pairs[:limit]]
+    if len(pairs) > limit:
+        shown.append(f"… {len(pairs) - limit} more")
+    return ", ".join(shown) if shown else DASH
+
+
+def _hosts(hosts: list[str], limit: int = 8) -> str:
+    if not hosts:
+        return DASH
+    more = f", … {len(hosts) - limit} more" if len(hosts) > limit else ""
+    return f"{len(hosts)}: {', '.join(hosts[:limit])}{more}"
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def provenance(inputs: Inputs) -> Section:
+    section = Section("7. Environment and provenance", "provenance")
+    runs = inputs.runs
+    if not runs:
+        section.blocks.append(Paragraph("No runs."))
+        return section
+    section.blocks.append(
+        Paragraph("Over all runs, any status; the number of runs with each value in brackets.")
+    )
+    devices = [
+        None
+        if r["device_name"] is None
+        else f"{r['device_name']} ({fmt_num(r['device_peak_flops_per_s'], 0, 1e-12)} TFLOP/s peak, "
+        f"{r['device_peak_source'] or 'source not recorded'})"
+        for r in runs
+    ]
+    device_hours = (
+        sum(r["world_size"] * (r["ended_at"] - r["started_at"]).total_seconds() for r in runs) / 3600
+    )
+    rows = [
+        ("grids", _values(compare.counted(r["grid"] for r in runs))),
+        ("launchers", _values(compare.counted(r["launcher"] for r in runs))),
+        ("devices", _values(compare.counted(devices))),
+        ("precision", _values(compare.counted(r["precision"] for r in runs))),
+        ("torch", _values(compare.counted(r["torch_version"] for r in runs))),
+        ("DeepSpeed", _values(compare.counted(r["deepspeed_version"] for r in runs))),
+        ("Ray", _values(compare.counted(r["ray_version"] for r in runs))),
+        ("Python", _values(compare.counted(r["python_version"] for r in runs))),
+        ("git sha", _values(compare.counted(r["git_sha"] for r in runs))),
+        ("Slurm jobs", _values(compare.counted(r["slurm_job_id"] for r in runs))),
+        ("hosts", _hosts(sorted({h for r in runs for h in (r["hosts"] or [])}))),
+        ("period", f"{_iso(min(r['started_at'] for r in runs))} – {_iso(max(r['ended_at'] for r in runs))}"),
+        ("device-hours", f"{fmt_num(device_hours, 1)} (world size × wall time, summed)"),
+    ]
+    section.blocks.append(Table(("what", "values (runs)"), tuple(rows), "ll"))
+    return section
+
+
+def intro(inputs: Inputs, configs: list[Config]) -> list[Paragraph]:
+    grids = ", ".join(f"`{g}`" for g in inputs.grids) or "none"
+    statuses = Counter(r["status"] for r in inputs.runs)
+    status_text = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    runs = f"{len(inputs.runs)} runs ({status_text})" if inputs.runs else "no runs"
+    return [
+        Paragraph(
+            f"Grids: {grids} · {runs} · {len([c for c in configs if c.ok_runs])} configurations with ok runs · "
+            f"{len(inputs.curves):,} curve rows."
+        )
+    ]
