@@ -26,6 +26,14 @@ class GridProgress(Callback):
         self.failed = 0
         self.throughput: dict[str, float] = {}
 
+    # Tune pickles its callbacks with the experiment state; the live terminal objects (locks, the console)
+    # stay behind and are rebuilt on the other side.
+    def __getstate__(self) -> dict:
+        return {"total": self.progress.tasks[0].total}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(int(state["total"]))
+
     def _refresh(self) -> None:
         ips = sum(self.throughput.get(t, 0.0) for t in self.running)
         state = f"running {len(self.running)} · failed {self.failed} · {ips:,.0f} img/s"

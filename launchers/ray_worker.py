@@ -10,11 +10,12 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
+# Descriptions must be ASCII: Ray's metric registry encodes them as such.
 METRICS = {
     "images_per_s": "Training images/s of a resnet-bench run (all ranks)",
     "loss": "Mean training loss of the last epoch",
     "top1": "Validation top-1 (fraction) after the last epoch",
-    "active_blocks": "Residual blocks not gated off (ε-ResNet) after the last epoch",
+    "active_blocks": "Residual blocks not gated off (epsilon-ResNet) after the last epoch",
 }
 
 
