@@ -49,6 +49,8 @@ def ray_session(grid: Grid) -> Iterator[dict]:
     """
     import ray
 
+    # Keeps Ray's services on loopback for a local cluster (../shared/TOOLCHAIN.md); set before ray.init.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     runtime_env = {"env_vars": worker_env(grid)}
     address = os.environ.get("RAY_ADDRESS")
     temp_dir = None

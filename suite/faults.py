@@ -5,14 +5,16 @@ Unset (the normal case) every check is a dictionary lookup that finds nothing. R
 - `nan_at_step=N`: the training loss becomes NaN at global step N;
 - `oom_above_micro=B`: a forward pass with a micro-batch larger than B raises torch.OutOfMemoryError;
 - `raise_at_step=N`: a RuntimeError at step N;
-- `kill_at_step=N[:rank=R][:once=PATH]`: SIGKILL this process at step N (on rank R only; only if PATH
-  does not exist yet, which the kill creates — so a restarted worker survives).
+- `kill_at_step=N[:rank=R][:once=PATH][:wait=S]`: SIGKILL this process at step N (on rank R only; only if
+  PATH does not exist yet, which the kill creates — so a restarted worker survives; after sleeping S seconds,
+  e.g. so that a launcher polling its workers has collected the last reported checkpoint).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 VAR = "RESNET_BENCH_FAULTS"
@@ -43,6 +45,7 @@ def at_step(step: int, *, rank: int, micro_batch: int) -> str | None:
         if int(n) == step and int(opt.get("rank", rank)) == rank and not (once and once.exists()):
             if once:
                 once.touch()
+            time.sleep(float(opt.get("wait", 0)))
             os.kill(os.getpid(), signal.SIGKILL)
     if faults.get("nan_at_step") == str(step):
         return "nan"

@@ -91,10 +91,12 @@ def test_worker_killed_mid_run_restarts_from_checkpoint(tmp_path):
     grid = grid_file(tmp_path, "points:\n  - {arch: resnet50, epochs: 3}\n", concurrency=1)
     flag = tmp_path / "killed"
     results = tmp_path / "results"
-    # Step 5 is in the second epoch (4 steps each): epoch 0's checkpoint has been reported to Ray by then.
+    # Step 5 is in the second epoch (4 steps each): epoch 0's checkpoint has been reported by then. The kill
+    # waits 5 s because Ray Train's controller collects reports on its 2 s health-check poll: a crash right
+    # after a report can lose it (then the run restarts from the checkpoint before, here from scratch).
     proc = resnet_bench(
         "run", str(grid), "--results", str(results),
-        env={"RESNET_BENCH_FAULTS": f"kill_at_step=5:rank=1:once={flag}"},
+        env={"RESNET_BENCH_FAULTS": f"kill_at_step=5:rank=1:once={flag}:wait=5"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert flag.exists()
