@@ -69,9 +69,8 @@ def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: boo
 
 
 def _report(results: str, grid: str, console: Console) -> str | None:
-    try:
-        from suite.report import build_report
-    except ImportError:
-        return None
-    paths = build_report(results, Path(results, grid), grids=[grid])
-    return str(getattr(paths, "html", paths))
+    from suite.report import build_report
+
+    if not (Path(results, grid) / "runs").is_dir():
+        return None  # no point wrote a row (e.g. the cluster refused every trial): nothing to report on
+    return str(build_report(results, Path(results, grid), grids=[grid]).html)

@@ -55,10 +55,10 @@ def ray_session(grid: Grid) -> Iterator[dict]:
     address = os.environ.get("RAY_ADDRESS")
     temp_dir = None
     if address:
-        # A cluster started with token authentication (Ray ≥ 2.52 turns it on for new clusters) needs the
-        # client to say so; the token comes from RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token.
-        token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-        if "RAY_AUTH_TOKEN" in os.environ or token_file.exists():
+        # A cluster started with token authentication needs its clients to say so. Only an explicitly given
+        # token turns it on here: a stale ~/.ray/auth_token must not switch a client to token mode against a
+        # cluster without it (Ray then cancels every actor the client creates).
+        if "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, runtime_env=runtime_env)
     else:
