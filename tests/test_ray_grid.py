@@ -134,7 +134,8 @@ def test_driver_killed_and_rerun_finishes_without_duplicates(tmp_path):
         if r["run_id"] in first:
             assert r["ended_at"] == first[r["run_id"]] and r["attempts"] == 0  # not re-run
     visible = sorted(p.name for p in (results / "g").rglob("*") if p.is_file())
-    assert all(name.endswith(".parquet") for name in visible), visible
+    assert all(name.endswith(".parquet") or name.startswith("report.") for name in visible), visible
+    assert not [n for n in visible if n.startswith(".") or n.endswith(".tmp")]
     assert not (results / "g" / ".tune").exists() and not (results / "g" / ".checkpoints").exists()
 
 
@@ -183,7 +184,7 @@ def two_nodes():
 def test_two_node_point_spreads_workers_and_exports_live_metrics(tmp_path, two_nodes):
     cluster, metrics_port = two_nodes
     grid = grid_file(
-        tmp_path, "points:\n  - {arch: resnet50, epochs: 3, steps_per_epoch: 30}\n", nodes=2, dpn=1
+        tmp_path, "points:\n  - {arch: resnet50, nodes: 2, epochs: 3, steps_per_epoch: 30}\n", nodes=2, dpn=1
     )
     results = tmp_path / "results"
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
