@@ -479,6 +479,7 @@ def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, mic
         "grad_accum": accum,
         "global_batch": micro * accum * placement.world_size,
         "epochs": state.epoch,
+        "warmup_steps": total["warmup_steps"],  # actually excluded (fewer if the run was shorter)
         "timed_steps": total["timed_steps"],
         "step_ms_p50": total["step_ms_p50"],
         "step_ms_p90": total["step_ms_p90"],
