@@ -428,6 +428,7 @@ def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, mic
             world_size_changed = resumed.world_size != placement.world_size
             state = resumed
             state.world_size = placement.world_size
+            run_start = time.perf_counter() - state.elapsed_s  # curves' elapsed_s continues across restarts
     result = trainer.train_epochs(state, 0, run_start)
     summary = trainer.meter.summary()
     model = trainer.model
