@@ -71,6 +71,7 @@ def ray_session(grid: Grid) -> Iterator[dict]:
             num_gpus=None if grid.cluster.use_gpu else 0,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port(),
             _node_ip_address="127.0.0.1",
             _temp_dir=temp_dir,
             runtime_env=runtime_env,
@@ -81,6 +82,20 @@ def ray_session(grid: Grid) -> Iterator[dict]:
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def dashboard_port(preferred: int = 8265) -> int:
+    """Ray's usual dashboard port if it is free, else any free one (another Ray may hold 8265 here)."""
+    import socket
+
+    from suite.distributed import free_port
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
 
 
 def check_capacity(grid: Grid, specs: list[RunSpec], resources: dict) -> None:

@@ -165,26 +165,28 @@ def two_nodes():
 
     from suite.distributed import free_port
 
-    metrics_port = free_port()
+    metrics_ports = (free_port(), free_port())  # one per node: rank 0 may land on either
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "metrics_export_port": metrics_port, "node_ip_address": "127.0.0.1",
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+            "metrics_export_port": metrics_ports[0], "node_ip_address": "127.0.0.1",
+            # Export every second instead of every 10 s, so a short run's gauge shows up while it runs.
+            "_system_config": {"metrics_report_interval_ms": 1000},
         },
     )  # fmt: skip
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", metrics_export_port=metrics_ports[1])
     cluster.wait_for_nodes()
     try:
-        yield cluster, metrics_port
+        yield cluster, metrics_ports
     finally:
         cluster.shutdown()
 
 
 def test_two_node_point_spreads_workers_and_exports_live_metrics(tmp_path, two_nodes):
-    cluster, metrics_port = two_nodes
+    cluster, metrics_ports = two_nodes
     grid = grid_file(
-        tmp_path, "points:\n  - {arch: resnet50, nodes: 2, epochs: 3, steps_per_epoch: 30}\n", nodes=2, dpn=1
+        tmp_path, "points:\n  - {arch: resnet50, nodes: 2, epochs: 3, steps_per_epoch: 40}\n", nodes=2, dpn=1
     )
     results = tmp_path / "results"
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
@@ -197,15 +199,15 @@ def test_two_node_point_spreads_workers_and_exports_live_metrics(tmp_path, two_n
     try:
         deadline = time.monotonic() + 300
         while driver.poll() is None and time.monotonic() < deadline and seen is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-                    text = r.read().decode()
-                seen = next(
-                    (ln for ln in text.splitlines() if ln.startswith("ray_resnet_bench_images_per_s{")), None
-                )
-            except OSError:
-                pass
-            time.sleep(1)
+            for port in metrics_ports:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                        text = r.read().decode()
+                except OSError:
+                    continue
+                prefix = "ray_resnet_bench_images_per_s{"
+                seen = seen or next((ln for ln in text.splitlines() if ln.startswith(prefix)), None)
+            time.sleep(0.5)
         driver.wait(timeout=400)
     finally:
         if driver.poll() is None:
