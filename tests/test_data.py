@@ -240,14 +240,14 @@ def test_shapes_backend_default_location_sizes_and_batches(tmp_path, monkeypatch
     monkeypatch.setenv("RESNET_BENCH_DATA", str(tmp_path))
     cfg = DataConfig(backend="shapes", image_size=32, workers=0)
     info = prepare_data(cfg)
-    assert info.root == str(tmp_path / "shapes-v1")
+    assert info.root == str(tmp_path / data.SHAPES_DIRNAME)
     assert (info.num_classes, info.train_size, info.val_size) == (10, 2560, 640)
     assert info.classes == SHAPES_CLASSES and info.corrupt_files == ()
     loaders = build_loaders(cfg, info, micro_batch=16, rank=1, world_size=2)
     assert len(loaders.train) == 2560 // 32
     images, labels = next(iter(loaders.train))
     assert images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
-    with Image.open(next((tmp_path / "shapes-v1" / "val" / "star").iterdir())) as image:
+    with Image.open(next((tmp_path / data.SHAPES_DIRNAME / "val" / "star").iterdir())) as image:
         assert (image.format, image.size) == ("JPEG", (64, 64))
 
 
