@@ -15,6 +15,10 @@ from pathlib import Path
 from suite.spec import RunSpec
 from suite.train import RunContext, run
 
+# Must match slurm/ray-grid.sbatch (RB_RAY_PORT_BASE's default and JOB_BLOCK).
+PORT_BASE = 20000
+JOB_PORT_BLOCK = 256
+
 
 def launcher_name(env: dict[str, str]) -> str:
     if "TORCHELASTIC_RUN_ID" in env:
@@ -54,9 +58,28 @@ def rank_env_from_slurm(env: dict[str, str]) -> dict[str, str]:
         "WORLD_SIZE": env["SLURM_NTASKS"],
         "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
         "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"]),
-        # Derived from the job id so two jobs sharing a node do not collide on the rendezvous port.
-        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + job % 20000),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(job_port_base(job, env)),
     }
+
+
+def job_port_base(job: int, env: dict[str, str]) -> int:
+    """The first port of this job's block: the derivation of `derive_ports` in slurm/ray-grid.sbatch.
+
+    One scheme for both kinds of job means a Ray grid job and a direct job sharing a node get different
+    blocks (as two Ray jobs do), and the rendezvous port stays below the kernel's ephemeral range, where
+    gloo's and NCCL's own kernel-picked ports come from.
+    """
+    base = int(env.get("RB_RAY_PORT_BASE", PORT_BASE))
+    ceiling = ephemeral_port_floor()
+    slots = max(1, (ceiling - base) // JOB_PORT_BLOCK)
+    return base + (job % slots) * JOB_PORT_BLOCK
+
+
+def ephemeral_port_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default floor
 
 
 def launch_spec(spec: RunSpec) -> RunSpec:

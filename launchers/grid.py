@@ -107,10 +107,13 @@ def _point(values: dict, where: str) -> RunSpec:
     values = dict(values)
     if "global_batch" in values:
         gb = _int(values.pop("global_batch"), f"{where}: global_batch")
-        micro = values.get("micro_batch", RunSpec.micro_batch)
-        world = values.get("nodes", 1) * values.get("devices_per_node", 1)
+        # Validated before the arithmetic: a string or a 0 here must be a one-line error, not a traceback.
+        micro = _int(values.get("micro_batch", RunSpec.micro_batch), f"{where}: micro_batch")
+        world = _int(values.get("nodes", 1), f"{where}: nodes") * _int(
+            values.get("devices_per_node", 1), f"{where}: devices_per_node"
+        )
         check(
-            isinstance(micro, int) and gb % (micro * world) == 0,
+            gb % (micro * world) == 0,
             f"{where}: global_batch {gb} is not a multiple of micro_batch {micro} × world size {world};"
             " accepted: global_batch = micro_batch × grad_accum × nodes × devices_per_node",
         )
@@ -129,7 +132,7 @@ def _not_grid_owned(values: dict, where: str) -> None:
         check(key not in values, f"{where}: {key} is set by the grid itself (name, repeats, the launcher)")
 
 
-def _expand_axes(axes: dict, where: str) -> list[dict]:
+def _expand_axes(axes: dict, defaults: dict, where: str) -> list[dict]:
     check(isinstance(axes, dict), f"{where}: 'axes' must be a mapping of spec keys to lists")
     _unknown(axes, SPEC_KEYS + GRID_ONLY_SPEC_KEYS, f"{where}: axes")
     _not_grid_owned(axes, f"{where}: axes")
@@ -145,11 +148,17 @@ def _expand_axes(axes: dict, where: str) -> list[dict]:
         return combos
     out = []
     for combo in combos:
-        # ε is an axis of the ε variant only: a plain ResNet point is not multiplied by it.
-        if combo.get("variant") == "eps":
+        # ε is an axis of the ε variant only: a plain ResNet point is not multiplied by it. The variant may
+        # come from the axes or from the defaults.
+        if {**defaults, **combo}.get("variant") == "eps":
             out.extend({**combo, "epsilon": e} for e in eps_values)
         else:
             out.append(combo)
+    check(
+        any({**defaults, **c}.get("variant") == "eps" for c in combos),
+        f"{where}: axes.epsilon applies to no point (ε is for variant 'eps' only); accepted: an epsilon axis"
+        " together with variant eps in the axes or the defaults",
+    )
     return out
 
 
@@ -171,7 +180,7 @@ def load_grid(path: str | Path) -> Grid:
     results = raw.get("results")
     check(results is None or isinstance(results, str), f"{where}: results must be a path string")
 
-    combos = _expand_axes(raw.get("axes", {}) or {}, where)
+    combos = _expand_axes(raw.get("axes", {}) or {}, defaults, where)
     extra = raw.get("points", []) or []
     check(isinstance(extra, list), f"{where}: 'points' must be a list of mappings")
     for i, p in enumerate(extra):
@@ -188,7 +197,7 @@ def load_grid(path: str | Path) -> Grid:
     for label, values in labelled:
         for r in range(repeats):
             merged = {**devices, **defaults, **values, "grid": name, "repeat": r, "launcher": "ray"}
-            merged["seed"] = merged.get("seed", 0) + r
+            merged["seed"] = _int(merged.get("seed", 0), f"{label}: seed", lo=0) + r
             spec = _point(merged, label)
             check(
                 spec.nodes <= cluster.nodes and spec.devices_per_node <= cluster.devices_per_node,

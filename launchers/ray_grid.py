@@ -49,8 +49,7 @@ def ray_session(grid: Grid) -> Iterator[dict]:
     """
     import ray
 
-    # Keeps Ray's services on loopback for a local cluster (../shared/TOOLCHAIN.md); set before ray.init.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray's services stay on loopback for a local cluster: launchers/__init__.py set that before any import.
     runtime_env = {"env_vars": worker_env(grid)}
     address = os.environ.get("RAY_ADDRESS")
     temp_dir = None
@@ -226,14 +225,16 @@ def run_grid(grid: Grid, results: str | Path, *, progress=None) -> GridOutcome:
                 ),
             )
             tuner.fit()
-    from suite.results import read_runs
+    from suite.results import read_runs, remove_temporaries
 
     rows = read_runs(results, grid.name).select(["run_id", "status"]).to_pylist()
     statuses = {r["run_id"]: r["status"] for r in rows}
     wanted = {s.run_id for s in grid.specs}
     if wanted <= set(statuses) and all(statuses[r] in ("ok", "diverged") for r in wanted):
+        # Every point is finished, so no writer of this grid is alive: what is left is debris of killed ones.
         for name in HIDDEN_STATE:
             shutil.rmtree(grid_dir(results, grid.name) / name, ignore_errors=True)
+        remove_temporaries(results, grid.name)
     return GridOutcome(len(grid.specs), len(grid.specs) - len(todo), len(todo), statuses)
 
 

@@ -140,6 +140,22 @@ def report_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (minutes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--only", action="append", metavar="KEY", help="run this benchmark only (repeatable)")
+
+
+@command(
+    "bench", "measure the suite's own speed: six side-by-side ratios against their goals", _bench_arguments
+)
+def bench_cmd(args: argparse.Namespace) -> int:
+    # benchmarks/ may launch Ray grids: imported here, never when suite.cli is imported.
+    from benchmarks.runner import bench_command
+
+    return bench_command(quick=args.quick, as_json=args.json, only=args.only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-bench",

@@ -54,8 +54,11 @@ def setup() -> Placement:
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        # With one task per GPU (srun --gpus-per-task=1, Ray's per-worker CUDA_VISIBLE_DEVICES) each rank sees
+        # only its own device as cuda:0 while LOCAL_RANK still counts the node's tasks.
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     return Placement(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend())

@@ -10,6 +10,7 @@ The curves are written before the run row, so a run row always has its curves.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -21,14 +22,15 @@ import pyarrow.parquet as pq
 from suite.errors import UserError, check
 from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, SCHEMA_VERSION
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Used with fullmatch: a `$` anchor would let a trailing newline into a path component.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 FINISHED = ("ok", "diverged")  # a re-submitted grid skips these; failed runs are retried
 
 
 def check_name(kind: str, name: str) -> str:
     """Grid names and run ids become path components: no separators, no `..`, nothing hidden."""
     check(
-        isinstance(name, str) and bool(SAFE_NAME.match(name)) and ".." not in name,
+        isinstance(name, str) and bool(SAFE_NAME.fullmatch(name)) and ".." not in name,
         f"{kind} {name!r} is not a safe name; accepted: letters, digits, '.', '_', '-' (max 128, no '..', "
         "not starting with '.')",
     )
@@ -66,8 +68,42 @@ def _write_atomic(table: pa.Table, path: Path, before_rename=None) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _only_columns(rows: list[dict], schema: pa.Schema, table: str) -> None:
+    """pyarrow drops keys that are not columns without a word: a misspelt column would lose its value."""
+    for row in rows:
+        for key in row:
+            if key not in schema.names:
+                close = difflib.get_close_matches(key, schema.names, n=1)
+                hint = (
+                    f"did you mean {close[0]!r}?" if close else "accepted: the columns in results/README.md"
+                )
+                raise UserError(f"{table} row has {key!r}, which is not a column; {hint}")
+
+
+def _required_present(table: pa.Table, name: str) -> None:
+    """pyarrow enforces non-nullable fields only inside write_table: checked before the first file lands,
+    so a refused run row never leaves its curves behind."""
+    for field in table.schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise UserError(f"{name} row lacks the required column {field.name!r}")
+
+
+def remove_temporaries(results: str | Path, grid: str) -> list[Path]:
+    """Remove the hidden temporaries of writers killed between write and rename (their `finally` never ran).
+
+    Only safe when no writer of the grid is running: the caller knows that, this function cannot.
+    """
+    base = grid_dir(results, grid)
+    stale = [p for table in ("runs", "curves") for p in (base / table).glob(".*.parquet.*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_run(results: str | Path, row: dict, curves: list[dict], *, before_rename=None) -> Path:
     """Validate `row` and `curves` against the schema and write both atomically; returns the run file."""
+    _only_columns([row], RUN_SCHEMA, "run")
+    _only_columns(curves, CURVE_SCHEMA, "curve")
     grid, run_id = check_name("grid name", row["grid"]), check_name("run id", row["run_id"])
     base = grid_dir(results, grid)
     run_path = base / "runs" / f"{run_id}.parquet"
@@ -79,6 +115,8 @@ def write_run(results: str | Path, row: dict, curves: list[dict], *, before_rena
     run_table = pa.Table.from_pylist([row], schema=RUN_SCHEMA)
     curve_rows = [{**c, "run_id": run_id, "grid": grid, "schema_version": SCHEMA_VERSION} for c in curves]
     curve_table = pa.Table.from_pylist(curve_rows, schema=CURVE_SCHEMA)
+    _required_present(run_table, "run")
+    _required_present(curve_table, "curve")
     _write_atomic(curve_table, base / "curves" / f"{run_id}.parquet", before_rename)
     _write_atomic(run_table, run_path, before_rename)
     return run_path
@@ -89,7 +127,13 @@ def _read(directory: Path, schema: pa.Schema) -> pa.Table:
     if not files:
         return schema.empty_table()
     for f in files:
-        version = (pq.read_schema(f).metadata or {}).get(b"resnet_bench_schema_version", b"?").decode()
+        try:
+            metadata = pq.read_schema(f).metadata or {}
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(
+                f"{f} is not a readable Parquet file ({e}); accepted: files written by resnet-bench"
+            ) from None
+        version = metadata.get(b"resnet_bench_schema_version", b"?").decode()
         if version != str(SCHEMA_VERSION):
             raise UserError(
                 f"{f} has result schema version {version}; this resnet-bench reads version {SCHEMA_VERSION}"

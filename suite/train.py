@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from suite import faults, measure
-from suite.data import DataConfig, Loaders, build_loaders, prepare_data
+from suite.checkpoint import weights_only_engine
+from suite.data import DataConfig, Loaders, build_loaders, default_min_crop_scale, prepare_data
 from suite.distributed import Placement, all_reduce_sum, gather_objects, setup
 from suite.models import (
     ResNet,
@@ -61,7 +62,6 @@ class RunContext:
 
 
 def data_config(spec: RunSpec) -> DataConfig:
-    extra = {} if spec.min_crop_scale is None else {"min_crop_scale": spec.min_crop_scale}
     return DataConfig(
         backend=spec.dataset,
         data_dir=spec.data_dir,
@@ -69,7 +69,10 @@ def data_config(spec: RunSpec) -> DataConfig:
         num_classes=spec.num_classes,
         workers=spec.loader_workers,
         seed=spec.seed,
-        **extra,
+        # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
+        min_crop_scale=(
+            default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale
+        ),
     )
 
 
@@ -218,7 +221,7 @@ class Trainer:
         return root
 
     def load(self, path: str) -> TrainState | None:
-        loaded, client = self.engine.load_checkpoint(path)
+        loaded, client = weights_only_engine(self.engine).load_checkpoint(path)
         if loaded is None:
             return None
         state = TrainState(**client["train_state"])
@@ -488,7 +491,10 @@ def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, mic
         "images_per_s_compute": total["images_per_s_compute"],
         "data_wait_frac": total["data_wait_frac"],
         "mfu": measure.mfu(flops_active, ips, device.peak_flops_per_s * placement.world_size),
-        "images_skipped": int(all_reduce_sum([float(loaders.skipped)], placement.device)[0]),
+        # Files the preflight found corrupt (dropped from every rank's list: counted once) plus the ones each
+        # rank failed to decode at load time.
+        "images_skipped": len(info.corrupt_files)
+        + int(all_reduce_sum([float(loaders.skipped)], placement.device)[0]),
         "top1": result.top1,
         "top5": result.top5,
         "top1_unpruned": top1_unpruned,

@@ -272,23 +272,6 @@ def locked(counts, rel: str, mode: int = 0) -> Callable[[Path], dict]:
 TWO = {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}
 LAYOUT = "accepted: a directory holding train/<class>/"
 
-NUMERIC_NODES_BUG = (
-    "launchers/grid.py::_point computes micro_batch × nodes × devices_per_node for global_batch before they "
-    "are validated: a string gives TypeError, 0 gives ZeroDivisionError (a traceback, exit 1). Fix: check "
-    "all three with _int(..., lo=1) before deriving grad_accum"
-)
-SEED_BUG = (
-    "launchers/grid.py::load_grid adds the repeat index to `seed` before validating it: a non-integer seed "
-    "is a TypeError traceback and `seed: true` silently becomes 1. Fix: _int(merged.get('seed', 0), "
-    "f'{label}: seed', lo=0) before `+ r`"
-)
-UNREADABLE_PARQUET_BUG = (
-    "suite/results.py::_read lets pyarrow's ArrowInvalid escape for a file that is not Parquet (a traceback, "
-    "exit 1). Fix: wrap pq.read_schema(f) in try/except (pa.ArrowInvalid, OSError) and raise UserError(f'{f} "
-    "is not a readable Parquet file: ...; accepted: files written by resnet-bench')"
-)
-
-
 CASES: list[Case] = [
     # --- grid files -------------------------------------------------------------------------------------
     Case("unknown top-level key", "grid", run_grid("concurency: 2\n"),
@@ -336,17 +319,17 @@ CASES: list[Case] = [
          lambda w: f"grid file '{w / 'g.yaml'}'"),
     Case("nodes as a string with global_batch", "grid",
          run_grid("axes: {nodes: ['2'], global_batch: [64]}\n"),
-         lambda w: "nodes", bug=NUMERIC_NODES_BUG),
+         lambda w: "nodes"),
     Case("devices_per_node 0 with global_batch", "grid",
          run_grid("points: [{devices_per_node: 0, global_batch: 64}]\n"),
-         lambda w: "devices_per_node", bug=NUMERIC_NODES_BUG),
+         lambda w: "devices_per_node"),
     Case("micro_batch 0 with global_batch", "grid",
          run_grid("points: [{micro_batch: 0, global_batch: 64}]\n"),
-         lambda w: "micro_batch", bug=NUMERIC_NODES_BUG),
+         lambda w: "micro_batch"),
     Case("seed that is not a number", "grid", run_grid("points: [{seed: x}]\n"),
-         lambda w: "seed", bug=SEED_BUG),
+         lambda w: "seed"),
     Case("seed that is a boolean", "grid", run_grid("points: [{seed: true}]\n"),
-         lambda w: "seed", bug=SEED_BUG),
+         lambda w: "seed"),
     # --- datasets -----------------------------------------------------------------------------------------
     Case("data_dir missing", "dataset",
          run_grid_with(lambda w: {"dataset": "imagefolder", "data_dir": str(w / "nowhere")}),
@@ -401,7 +384,7 @@ CASES: list[Case] = [
          "this resnet-bench reads version 1"),
     Case("a results file that is not Parquet (run)", "results",
          lambda w: write(w / "results" / "g" / "runs" / "x.parquet", "garbage") and run_grid("")(w),
-         lambda w: str(w / "results" / "g" / "runs" / "x.parquet"), bug=UNREADABLE_PARQUET_BUG),
+         lambda w: str(w / "results" / "g" / "runs" / "x.parquet")),
     # --- report -------------------------------------------------------------------------------------------
     Case("report: rows of another schema version", "report",
          lambda w: schema_99(w / "results") and ["report", str(w / "results")],
@@ -413,7 +396,7 @@ CASES: list[Case] = [
          lambda w: "grid 'other' not found under", "available: g"),
     Case("report: a results file that is not Parquet", "report",
          lambda w: write(w / "results" / "g" / "runs" / "x.parquet", "garbage") and ["report", str(w / "results")],
-         lambda w: str(w / "results" / "g" / "runs" / "x.parquet"), bug=UNREADABLE_PARQUET_BUG),
+         lambda w: str(w / "results" / "g" / "runs" / "x.parquet")),
     # --- Slurm-facing: what an sbatch script hands to `resnet-bench run` --------------------------------
     Case("missing grid file", "slurm", lambda w: ["run", "missing.yaml", "--results", str(w / "results")],
          lambda w: "grid file 'missing.yaml' does not exist"),
@@ -493,13 +476,6 @@ def test_a_run_whose_batch_the_data_cannot_fill_is_a_failed_row(tmp_path):
     assert row["status"] == "failed" and "no full micro-batch of 2048 per rank" in row["error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="launchers/grid.py::_expand_axes applies the `epsilon` axis only to combos whose *axes* say "
-    "variant: eps; with `variant: eps` in defaults the ε axis is silently dropped and every point keeps the "
-    "defaults' ε. Fix: decide the variant from {**defaults, **combo} (pass defaults into _expand_axes), or "
-    "refuse an ε axis that applies to no point",
-)
 def test_an_epsilon_axis_is_never_silently_dropped(tmp_path):
     body = grid_text(
         "axes: {epsilon: [0.2, 0.5]}\n",
@@ -527,13 +503,6 @@ def make_few_corrupt(w: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="suite/train.py::_attempt records images_skipped = load-time decode failures only; the files the "
-    "preflight found corrupt (DatasetInfo.corrupt_files) are dropped from the sample lists and counted nowhere, "
-    "so the row says 0 images skipped. Fix: images_skipped = len(info.corrupt_files) + the all-reduced "
-    "loaders.skipped",
-)
 def test_a_few_corrupt_images_are_skipped_and_counted(tmp_path):
     w = tmp_path / "w"
     w.mkdir()

@@ -196,13 +196,6 @@ WILD = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="launchers/grid.py: load_grid/_point do arithmetic on unvalidated values — micro_batch × nodes × "
-    "devices_per_node for global_batch (TypeError for a string, ZeroDivisionError for 0) and seed + repeat "
-    "(TypeError for a string or null): a traceback and exit 1 instead of a UserError. Fix: validate "
-    "micro_batch, nodes, devices_per_node (_int(..., lo=1)) and seed (_int(..., lo=0)) before using them",
-)
 @PROPERTY
 @example({**{"cluster": {"nodes": 2, "devices_per_node": 2}}, "defaults": BASE_DEFAULTS,
           "axes": {"nodes": ["2"], "global_batch": [64]}})  # fmt: skip
@@ -213,12 +206,6 @@ def test_the_grid_loader_only_ever_raises_user_error(raw):
         load(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="launchers/grid.py::_expand_axes multiplies only combos whose axes set variant: eps by the "
-    "epsilon axis; with the variant from defaults the ε axis is dropped silently. Fix: decide on "
-    "{**defaults, **combo}['variant'] (pass defaults in), or refuse an ε axis that reaches no point",
-)
 @PROPERTY
 @example({"defaults": {**BASE_DEFAULTS, "variant": "eps", "epsilon": 0.1}, "axes": {"epsilon": [0.25, 1.5]}})
 @given(grids())
@@ -346,14 +333,6 @@ def test_a_row_the_writer_refuses_leaves_nothing_behind(row, column):
         assert not any(Path(d).rglob("*")), sorted(Path(d).rglob("*"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suite/results.py::write_run: pa.Table.from_pylist does not enforce non-nullable fields; "
-    "pq.write_table does, at write time — after the curves file has been renamed into place. A run row with "
-    "a null in a required column (here `arch`) raises but leaves its curves behind, a curve table without "
-    "its run row. Fix: before the first _write_atomic, refuse nulls in non-nullable fields of both tables "
-    "(for f in table.schema: if not f.nullable and table[f.name].null_count: raise UserError(...))",
-)
 @PROPERTY
 @example(row=None, column="arch")
 @given(
@@ -379,13 +358,6 @@ def _complete_row() -> dict:
     }  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suite/results.py::write_run builds the tables with pa.Table.from_pylist, which silently drops "
-    "keys that are not columns: a misspelt column (here `top_1`) loses its value without a word, so an "
-    "accepted row does not round-trip. Fix: in write_run, refuse keys outside RUN_SCHEMA/CURVE_SCHEMA "
-    "(UserError naming the key and the close matches) before writing",
-)
 @PROPERTY
 @example(key="top_1")
 @given(st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True).filter(lambda k: k not in RUN_SCHEMA.names))

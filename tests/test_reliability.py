@@ -177,15 +177,6 @@ def test_a_write_killed_inside_write_run_is_never_visible_partially(point, tmp_p
     assert [c["epoch"] for c in curves_] == [0, 1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a writer killed between write and rename leaves its hidden `.<run>.parquet.<pid>.tmp` behind for "
-    "good: _write_atomic's `finally` never runs, and nothing removes it later — not the rewrite of the same "
-    "run (another pid, another name), not a completed grid. Fix: launchers/ray_grid.py::run_grid, where it "
-    "removes HIDDEN_STATE once every point is finished, also unlink grid_dir/{runs,curves}/.*.tmp (no writer "
-    "of the grid is alive then); optionally suite/results.py::write_run removes stale siblings "
-    "`.{name}.*.tmp` whose pid is not alive on this host",
-)
 def test_rerunning_a_finished_grid_clears_the_temporaries_of_killed_writers(tmp_path):
     from launchers.grid import load_grid
     from tests.rows import ok_row

@@ -46,7 +46,7 @@ def discover_grids(results_dir: Path) -> list[str]:
     return sorted(
         p.name
         for p in results_dir.iterdir()
-        if p.is_dir() and SAFE_NAME.match(p.name) and ((p / "runs").is_dir() or (p / "curves").is_dir())
+        if p.is_dir() and SAFE_NAME.fullmatch(p.name) and ((p / "runs").is_dir() or (p / "curves").is_dir())
     )
 
 
