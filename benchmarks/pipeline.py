@@ -1,0 +1,121 @@
+"""`data_pipeline`: the suite's ImageNet-layout loader against torchvision's default pipeline, per worker, on
+the same JPEGs; and how long a training run with the default loader settings waits for data.
+
+The files are ImageNet-like in what costs time: 500×375 and 375×500 JPEGs (ImageNet's most common sizes) at
+quality 90, textured rather than flat so that entropy decoding has real work. Both sides train-augment to
+the same size (RandomResizedCrop + flip, normalised float batches) with one DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.session import REQUEST_TIMEOUT_S, Session
+from benchmarks.stats import Goal, check, interleave, paired_ratios, result, spread
+
+GOAL = Goal(">=", 1.0)
+DATA_WAIT_GOAL = Goal("<=", 0.05)
+CLASSES = 8
+SIZES = ((500, 375), (375, 500))
+
+
+def imagenet_like(root: Path, *, per_class: int, val_per_class: int = 2, seed: int = 0) -> Path:
+    """Write an ImageNet-layout folder (train/ and val/, one folder per class) of photo-sized JPEGs."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for c in range(CLASSES):
+            folder = root / split / f"n{c:08d}"  # ImageNet's synset-style folder names
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                w, h = SIZES[(c + i) % 2]
+                # Smooth colour fields plus grain: large structures and fine detail, like a photograph.
+                coarse = Image.fromarray(rng.integers(0, 256, (h // 32, w // 32, 3), dtype=np.uint8))
+                base = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+                pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:05d}.JPEG", quality=90)
+    return root
+
+
+def _rate(loader, batches: int, workers: int) -> float:
+    """Images/s per worker over `batches` batches, after the first (which pays the worker's start-up)."""
+    it = iter(loader)
+    next(it)
+    start = time.perf_counter()
+    images = 0
+    for _ in range(batches):
+        batch = next(it)
+        images += len(batch[1])
+    return images / (time.perf_counter() - start) / workers
+
+
+def suite_rate(root: Path, *, size: int, batch: int, batches: int, epoch: int) -> float:
+    from suite.data import DataConfig, build_loaders, prepare_data
+
+    cfg = DataConfig(backend="imagefolder", data_dir=str(root), image_size=size, workers=1)
+    loaders = build_loaders(cfg, prepare_data(cfg), micro_batch=batch, rank=0, world_size=1)
+    loaders.set_epoch(epoch)
+    return _rate(loaders.train, batches, cfg.workers)
+
+
+def torchvision_rate(root: Path, *, size: int, batch: int, batches: int) -> float:
+    """torchvision's ImageFolder with the reference training transforms and DataLoader defaults."""
+    import torch
+    from torchvision import datasets, transforms
+
+    from suite.data import IMAGENET_MEAN, IMAGENET_STD
+
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    dataset = datasets.ImageFolder(str(root / "train"), transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=1)
+    return _rate(loader, batches, 1)
+
+
+def data_pipeline(session: Session) -> dict:
+    preset = session.preset
+    size, batch, batches = preset.pipeline_image_size, preset.pipeline_batch, preset.pipeline_batches
+    root = imagenet_like(session.workdir / "imagenet-like", per_class=-(-(batches + 2) * batch // CLASSES))
+    epochs = iter(range(10**6))
+    ours, theirs = interleave(
+        lambda: suite_rate(root, size=size, batch=batch, batches=batches, epoch=next(epochs)),
+        lambda: torchvision_rate(root, size=size, batch=batch, batches=batches),
+        preset.repetitions,
+    )
+    # The data-wait fraction of a real training run: the suite's default loader settings (RunSpec's
+    # loader_workers and the DataLoader settings in suite/data.py) on the bundled shapes set.
+    spec = preset.train_spec(
+        dataset="shapes",
+        steps_per_epoch=preset.warmup_steps + preset.data_wait_timed_steps,
+    )
+    del spec["loader_workers"]
+    suite = session.worker("suite1")
+    session.log("data_pipeline: training run with the default loader settings")
+    runs = [suite.request("run", REQUEST_TIMEOUT_S, spec=spec) for _ in range(preset.data_wait_runs)]
+    waits = [r["data_wait_frac"] for r in runs]
+    from suite.spec import RunSpec
+
+    return result(
+        paired_ratios(ours, theirs),
+        GOAL,
+        extra=[check("data_wait_frac", waits, DATA_WAIT_GOAL)],
+        details={
+            "suite_images_per_s_per_worker": spread(ours).median,
+            "torchvision_images_per_s_per_worker": spread(theirs).median,
+            "image_size": size,
+            "batch": batch,
+            "files": f"{CLASSES} classes, 500×375 / 375×500 JPEG q90",
+            "data_wait_frac": waits,
+            "data_wait_run": {**spec, "loader_workers": RunSpec.loader_workers},
+            "data_wait_images_per_s": [r["images_per_s"] for r in runs],
+        },
+    )
