@@ -71,7 +71,7 @@ def _registry() -> dict[str, Benchmark]:
             "2-rank img/s ÷ (2 × 1-rank img/s), gloo, 1 thread per rank",
             training.WEAK_SCALING_GOAL,
             training.weak_scaling,
-            ("suite1", "suite2"),
+            ("suite1", "suite2", "suite1b"),
         ),
     )
     return {b.key: b for b in entries}

@@ -15,6 +15,7 @@ from benchmarks.procs import Worker, WorkerGroup
 # Persistent workers by name: the suite on one rank, the bare loop, the suite on a 2-rank group.
 WORKERS: dict[str, Callable[[Path], Worker | WorkerGroup]] = {
     "suite1": lambda d: Worker("suite-1rank", d),
+    "suite1b": lambda d: Worker("suite-1rank-b", d),  # a second, independent 1-rank run (machine ceiling)
     "bare": lambda d: Worker("bare", d),
     "suite2": lambda d: WorkerGroup("suite-2rank", 2, d),
 }

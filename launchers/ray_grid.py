@@ -28,6 +28,18 @@ TRIAL_DRIVER_CPU = 0.01
 HIDDEN_STATE = (".checkpoints", ".tune")  # under results/<grid>/, removed when the grid completes
 
 
+# Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default,
+# ray/train/v2/_internal/constants.py); a worker's result queue holds one report, so a finished run waits up to
+# a whole interval before its trial ends, and a report made while one is pending blocks the training thread
+# (measured: 2.6 s from a run's last row to its trial's end). Each poll is a cheap RPC. The preemption
+# watcher is one more process per point polling the GCS: Slurm preemption reaches this suite as USR1 instead
+# (slurm/ray-grid.sbatch). An operator's own values win (set in the environment before `resnet-bench run`).
+TRAIN_LATENCY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
 def worker_env(grid: Grid) -> dict[str, str]:
     """Environment every Ray worker process starts with."""
     env = {
@@ -35,7 +47,14 @@ def worker_env(grid: Grid) -> dict[str, str]:
         "OMP_NUM_THREADS": str(max(1, int(grid.cluster.cpus_per_worker))),
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
     }
-    for key in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "RESNET_BENCH_DATA", "RESNET_BENCH_FAULTS"):
+    env.update(TRAIN_LATENCY_ENV)
+    for key in (
+        "DS_ACCELERATOR",
+        "TORCH_EXTENSIONS_DIR",
+        "RESNET_BENCH_DATA",
+        "RESNET_BENCH_FAULTS",
+        *TRAIN_LATENCY_ENV,
+    ):
         if key in os.environ:
             env[key] = os.environ[key]
     return env
@@ -214,6 +233,9 @@ def run_grid(grid: Grid, results: str | Path, *, progress=None) -> GridOutcome:
                 },
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=grid.concurrency,
+                    # A trial process already holds ray.train, torch and pyarrow imported: the next point
+                    # reuses it instead of paying those imports again (`trial` keeps no state between points).
+                    reuse_actors=True,
                     trial_name_creator=_trial_name,
                     trial_dirname_creator=_trial_name,
                 ),

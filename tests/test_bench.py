@@ -186,3 +186,15 @@ def test_harness_overhead_tiny_through_real_workers():
         entry = harness_overhead(session)
     assert entry["ratio"] > 0 and len(entry["samples"]) == TINY.repetitions
     assert entry["details"]["threads"] == 1 and entry["details"]["timed_steps"] == TINY.timed_steps
+
+
+@pytest.mark.slow
+def test_weak_scaling_tiny_with_its_machine_ceiling():
+    from benchmarks.training import weak_scaling
+
+    with Session(TINY) as session:
+        entry = weak_scaling(session)
+    details = entry["details"]
+    assert entry["ratio"] > 0 and len(entry["samples"]) == TINY.repetitions
+    assert details["machine_ceiling"]["median"] > 0 and details["threads_per_rank"] == 1
+    assert details["two_rank_images_per_s"]["median"] > 0

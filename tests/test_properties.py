@@ -11,8 +11,8 @@
    timestamps as the same instant in UTC (a naive datetime is taken as UTC, which is pyarrow's rule). A row the
    writer refuses leaves nothing behind.
 
-Known counterexamples (bugs, reported with their fix) are pinned with `@example` in `xfail(strict=True)`
-tests, so the search cannot pass them by luck and the tests flip once the bugs are fixed.
+Counterexamples once found (bugs, since fixed) stay pinned with `@example`, so the search cannot pass them
+by luck.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, reject, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from launchers.grid import load_grid
@@ -118,29 +118,6 @@ def load(raw: dict):
         return load_grid(path)
 
 
-def _values_anywhere(raw: dict, key: str) -> list:
-    found = [raw.get("defaults", {}).get(key, None)] if key in raw.get("defaults", {}) else []
-    found += raw.get("axes", {}).get(key, [])
-    found += [p[key] for p in raw.get("points", []) if key in p]
-    return found
-
-
-def _known_crash(raw: dict) -> bool:
-    """Inputs that hit the two crash bugs (see test_the_grid_loader_only_ever_raises_user_error)."""
-
-    def number(v) -> bool:
-        return isinstance(v, (int, float))
-
-    with_global_batch = bool(_values_anywhere(raw, "global_batch"))
-    bad_world = any(
-        not number(v) or v == 0
-        for key in ("nodes", "devices_per_node", "micro_batch")
-        for v in _values_anywhere(raw, key)
-    )
-    bad_seed = any(not number(v) for v in _values_anywhere(raw, "seed"))
-    return (with_global_batch and bad_world) or bad_seed
-
-
 ACCEPTED: list[int] = []  # grids accepted by the main property (checked by the test after it)
 
 
@@ -152,10 +129,6 @@ def test_accepted_grids_expand_to_specs_that_validate_again(raw):
     except UserError as e:
         assert "\n" not in str(e)
         return
-    except (TypeError, ZeroDivisionError):
-        if _known_crash(raw):
-            reject()  # pinned, as a bug, by the xfail property below
-        raise
     ACCEPTED.append(len(grid.specs))
     specs = grid.specs
     assert specs, "an accepted grid has at least one point"

@@ -7,7 +7,7 @@ and where a name may write.
 - Token authentication on the Slurm path (slurm/ray-grid.sbatch, when it exists): the token is generated into
   a private file of mode 0600, never inherited, and a worker node's copy is 0600 too and gone afterwards.
 - Checkpoints: `suite.models.load_model` refuses a pickle that would run code (weights_only=True); DeepSpeed
-  0.19.8's `load_checkpoint`, which the resume path uses, does not (see the xfail below).
+  0.19.8's `load_checkpoint` does not, so the resume path swaps in a weights-only loader (suite/checkpoint.py).
 - Names: a grid name or run id with `../` or `/` cannot make the writer leave the results directory.
 """
 
@@ -360,7 +360,7 @@ def test_every_torch_load_in_the_suite_is_weights_only():
 
 
 def test_deepspeed_0_19_8_unpickles_checkpoints_fully():
-    """What the resume path depends on (the finding behind the xfail below): DeepSpeed's checkpoint engine
+    """Why suite/checkpoint.py exists: DeepSpeed's checkpoint engine
     loads every checkpoint file with weights_only=False. Fails if a DeepSpeed upgrade changes that."""
     import inspect
 
