@@ -34,7 +34,7 @@ def preflight(grid: Grid) -> dict:
 
 def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: bool) -> int:
     # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
-    console = Console(width=None if Console().is_terminal else 160)
+    console = Console(width=None if Console().is_terminal else 200)
     grid = load_grid(grid_path or default_grid_path())
     results = results or grid.results or "results"
     check_results_dir(results)

@@ -165,7 +165,7 @@ def failed_row(spec: RunSpec, error: str, restarts: int) -> dict:
 
 def trial(config: dict) -> dict:
     """Ray Tune function trainable: one grid point = one Ray Train run (named by grid and run id)."""
-    from ray.train import FailureConfig, RunConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -188,6 +188,9 @@ def trial(config: dict) -> dict:
             storage_path=str(Path(results, spec.grid, ".checkpoints").resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=[TuneReportCallback()],
+            # Train's per-epoch INFO lines (every report, every checkpoint, from every rank) would bury the
+            # grid's progress display; they still reach Ray's log files under the session directory.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     try:

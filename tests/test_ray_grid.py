@@ -87,6 +87,42 @@ def test_four_point_grid_with_a_failing_point(tmp_path):
     assert leftovers == []
 
 
+SHORT_DEFAULT = """
+import sys
+from pathlib import Path
+
+import yaml
+
+import launchers.cli
+from suite.cli import main
+
+# The embedded default, shortened to fit CI: every point, 2 epochs (the ε gate is on in the second) of 3 steps.
+grid = yaml.safe_load(launchers.cli.default_grid_path().read_text())
+grid["defaults"].update(epochs=2, steps_per_epoch=3, warmup_steps=1)
+short = Path(sys.argv[1]) / "default.yaml"
+short.write_text(yaml.safe_dump(grid))
+launchers.cli.default_grid_path = lambda: short
+sys.exit(main(["run", "--results", sys.argv[2]]))
+"""
+
+
+def test_resnet_bench_run_with_no_grid_runs_the_embedded_default(tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-c", SHORT_DEFAULT, str(tmp_path), str(results)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = rows(results, "default")
+    assert sorted((r["arch"], r["variant"]) for r in got) == [
+        (a, v) for a in ("resnet101", "resnet152", "resnet50") for v in ("eps", "resnet")
+    ]
+    assert all(r["status"] == "ok" and r["world_size"] == 2 and r["dataset"] == "shapes" for r in got)
+    assert "grid default: 6 points, 0 already finished" in proc.stdout, proc.stdout[-3000:]
+    report = results / "default" / "report.html"
+    assert f"report: {report}" in proc.stdout.replace("\n", "") and report.is_file()
+
+
 def test_worker_killed_mid_run_restarts_from_checkpoint(tmp_path):
     grid = grid_file(tmp_path, "points:\n  - {arch: resnet50, epochs: 3}\n", concurrency=1)
     flag = tmp_path / "killed"

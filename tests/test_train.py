@@ -111,11 +111,11 @@ def test_a_failure_is_a_failed_row(tmp_path):
     assert row["status"] == "failed" and "injected failure at step 3" in row["error"]
 
 
-# ZeRO-2 too: its optimizer state pickles DeepSpeed classes that the weights-only resume must allow
-# (suite/checkpoint.py).
-@pytest.mark.parametrize("zero_stage", [0, 2])
-def test_killed_run_resumes_from_its_checkpoint(tmp_path, zero_stage):
-    config = write_config(tmp_path, epochs=3, steps_per_epoch=4, zero_stage=zero_stage)
+# ZeRO-2 with bf16 too: its optimizer state pickles DeepSpeed classes that the weights-only resume must
+# allow (suite/checkpoint.py), and it is the mixed-precision path a GPU run takes.
+@pytest.mark.parametrize("setting", [{"zero_stage": 0}, {"zero_stage": 2, "precision": "bf16"}], ids=str)
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, setting):
+    config = write_config(tmp_path, epochs=3, steps_per_epoch=4, **setting)
     ckpt = tmp_path / "ckpt"
     flag = tmp_path / "killed-once"
     # Step 6 is in the second epoch: the first epoch's checkpoint exists by then.
