@@ -147,7 +147,7 @@ def model_row(c: Config, varying: list[str]) -> tuple[str, ...]:
         fmt_pct(c.params_active_delta_pct, 1, signed=True),
         _blocks(c),
         _per_stage(c),
-        fmt_stat(c.flops_per_image, 2, 1e-9),
+        fmt_stat(c.flops_per_image, 3, 1e-9),  # 3 places: CPU-scale networks are ~0.01
         fmt_stat(c.top1, 2, 100),
         fmt_stat(c.top5, 2, 100),
     )
