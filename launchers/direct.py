@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+from suite.distributed import shutdown
 from suite.spec import RunSpec
 from suite.train import RunContext, run
 
@@ -101,4 +102,7 @@ def run_one(spec: RunSpec, results: str | Path, checkpoint_dir: str | None = Non
         resume_from=resume,
         provenance={"slurm_job_id": os.environ.get("SLURM_JOB_ID")},
     )
-    return run(spec, results, context)
+    try:
+        return run(spec, results, context)
+    finally:
+        shutdown()

@@ -64,6 +64,18 @@ def setup() -> Placement:
     return Placement(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend())
 
 
+def shutdown() -> None:
+    """Destroy the process group of a process that is about to exit (torchrun, srun, run-one alone).
+
+    Left to the interpreter's exit, gloo's worker threads can still hold Python references while Python is
+    being torn down, and the rank dies with SIGABRT ("terminate called without an active exception") after
+    its work is done (seen once in about a dozen 2-rank torchrun launches here). Ray Train destroys the group
+    it created itself, so its workers do not call this.
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
