@@ -16,18 +16,19 @@ import yaml
 from benchmarks.procs import WorkerError, child_env, launch
 from benchmarks.session import Session
 from benchmarks.stats import Goal, interleave, paired_ratios, result, spread
+from launchers.grid import GRID_OWNED
 from suite.distributed import free_port
 
 RAY_OVERHEAD_GOAL = Goal(">=", 0.97)
 MAKESPAN_GOAL = Goal(">=", 0.87)
 LAUNCH_TIMEOUT_S = 900
 RAY_START_TIMEOUT = "The current node timed out during startup"  # ray/_private/node.py's message
-# A grid file sets these itself (the grid name, repeat and launcher; the cluster shape from `cluster`).
-GRID_OWNED = ("grid", "repeat", "launcher", "nodes", "devices_per_node")
+# The launch decides these: a grid file from its `cluster`, torchrun from its process count.
+SHAPE_KEYS = ("nodes", "devices_per_node")
 
 
 def _grid_file(path: Path, name: str, spec: dict, *, devices: int, concurrency: int, repeats: int) -> Path:
-    defaults = {k: v for k, v in spec.items() if k not in GRID_OWNED}
+    defaults = {k: v for k, v in spec.items() if k not in (*GRID_OWNED, *SHAPE_KEYS)}
     grid = {
         "name": name,
         # cpus_per_worker 0.5 as in grids/default.yaml: two 1-thread workers on a 2-core machine.
@@ -69,7 +70,8 @@ def run_torchrun(session: Session, spec: dict, ranks: int, tag: str) -> dict:
     from suite.results import read_runs
 
     config = session.workdir / f"{tag}.yaml"
-    config.write_text(yaml.safe_dump({k: v for k, v in spec.items() if k not in GRID_OWNED[2:]}))
+    # run-one keeps the grid name (its results sub-directory); the launcher and shape come from the launch.
+    config.write_text(yaml.safe_dump({k: v for k, v in spec.items() if k not in ("launcher", *SHAPE_KEYS)}))
     results = session.workdir / f"results-{tag}"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",

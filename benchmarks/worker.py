@@ -75,6 +75,9 @@ def main() -> int:
         except Exception as e:
             reply = {"ok": False, "error": f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-4)}"}
         replies.write(json.dumps(reply) + "\n")
+    from suite.distributed import shutdown
+
+    shutdown()  # a 2-rank worker's process group (see suite.distributed.shutdown)
     return 0
 
 
