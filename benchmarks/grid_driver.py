@@ -16,9 +16,7 @@ from contextlib import contextmanager
 
 def main(argv: list[str]) -> int:
     grid_path, results, out = argv
-    from suite.env import apply_defaults
-
-    apply_defaults()
+    # Imported in this process only (started by the benchmark), so that importing `benchmarks` never imports Ray.
     import launchers.ray_grid as ray_grid
     from launchers.grid import load_grid
     from suite.results import read_runs

@@ -66,7 +66,7 @@ def run_grid(session: Session, grid: Path, tag: str) -> dict:
 
 
 def run_torchrun(session: Session, spec: dict, ranks: int, tag: str) -> dict:
-    """`torchrun --nproc_per_node N -m suite run-one CONFIG`, as README says to run one configuration."""
+    """`torchrun --nproc_per_node N -m resnet_bench run-one CONFIG`, as README says to run one configuration."""
     from suite.results import read_runs
 
     config = session.workdir / f"{tag}.yaml"
@@ -75,7 +75,7 @@ def run_torchrun(session: Session, spec: dict, ranks: int, tag: str) -> dict:
     results = session.workdir / f"results-{tag}"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}", "-m", "suite", "run-one", str(config), "--results", str(results),
+        f"--master_port={free_port()}", "-m", "resnet_bench", "run-one", str(config), "--results", str(results),
     ]  # fmt: skip
     wall = launch(cmd, session.workdir / f"{tag}.log", child_env(session.workdir), LAUNCH_TIMEOUT_S)
     rows = read_runs(results, spec["grid"]).to_pylist()

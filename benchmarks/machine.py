@@ -30,7 +30,7 @@ def load_average() -> list[float] | None:
 def machine_info() -> dict:
     import torch
 
-    from suite.measure import cpu_name
+    from suite.peaks import cpu_name
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {

@@ -25,9 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def child_env(workdir: Path, **extra: str) -> dict[str, str]:
     """The environment of every process the benchmarks start."""
-    from suite.env import apply_defaults
-
-    apply_defaults()  # DS_ACCELERATOR and the compiled-ops cache, as every entry point has them
+    # DS_ACCELERATOR and the compiled-ops cache, as every entry point has them: set when `suite` was imported.
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # never attach to a cluster someone else started on this machine
     env.update(

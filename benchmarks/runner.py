@@ -14,6 +14,10 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import launch, pipeline, pruning, training
 from benchmarks.machine import load_average, machine_info
 from benchmarks.presets import FULL, QUICK, Preset
 from benchmarks.session import Session
@@ -31,8 +35,6 @@ class Benchmark:
 
 
 def _registry() -> dict[str, Benchmark]:
-    from benchmarks import launch, pipeline, pruning, training
-
     entries = (
         Benchmark(
             "harness_overhead",
@@ -113,9 +115,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def print_table(report: dict, registry: dict[str, Benchmark] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     registry = registry if registry is not None else _registry()
     machine = report["machine"]
     table = Table(

@@ -1,5 +1,5 @@
 """`harness_overhead` and `weak_scaling`: the suite's own timed window against a bare loop, and 2 ranks
-against 1, each side a persistent worker running the real `suite.train.run` (or the bare loop)."""
+against 1, each side a persistent worker running the real `suite.run.run` (or the bare loop)."""
 
 from __future__ import annotations
 

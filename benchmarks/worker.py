@@ -14,19 +14,8 @@ import sys
 import tempfile
 import traceback
 
-# What the suite's side reports: the row's timed-window numbers (suite/measure.py), nothing recomputed here.
-ROW_KEYS = (
-    "status",
-    "error",
-    "world_size",
-    "images_per_s",
-    "images_per_s_compute",
-    "data_wait_frac",
-    "step_ms_p50",
-    "step_ms_p90",
-    "timed_steps",
-    "train_time_s",
-)
+# The suite's own modules are imported inside the functions below, after `main` has moved stdout to the log:
+# importing DeepSpeed prints, and a stray line on stdout would corrupt the reply channel.
 
 
 def op_ready() -> dict:
@@ -36,17 +25,23 @@ def op_ready() -> dict:
 
 
 def op_run(spec: dict) -> dict:
-    """One real run of the suite (`suite.train.run`, nothing written), as a launcher would start it."""
+    """One real run of the suite (`suite.run.run`, nothing written), as a launcher would start it."""
     import torch
 
+    from suite.context import RunContext
+    from suite.row import THROUGHPUT_COLUMNS
+    from suite.run import run
     from suite.spec import RunSpec
-    from suite.train import RunContext, run
 
     with tempfile.TemporaryDirectory(prefix="rb-bench-run-") as results:
         row = run(RunSpec.from_dict(spec), results, RunContext(write=False))
     if row["status"] != "ok":
         raise RuntimeError(f"run {row['run_id']} {row['status']}: {row['error']}")
-    return {**{k: row.get(k) for k in ROW_KEYS}, "threads": torch.get_num_threads()}
+    # What the suite's side reports: the row's timed-window numbers (suite/measure.py), nothing recomputed here.
+    return {
+        **{k: row[k] for k in ("status", "error", *THROUGHPUT_COLUMNS)},
+        "threads": torch.get_num_threads(),
+    }
 
 
 def op_bare(spec: dict) -> dict:
@@ -63,10 +58,7 @@ def main() -> int:
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library prints go to the log, never into the reply channel
 
-    from suite.env import apply_defaults
-
-    apply_defaults()  # before DeepSpeed is imported: it picks its accelerator at import time
-    import suite.train  # noqa: F401  (the imports are the slow part: pay them before the first request)
+    import suite.run  # noqa: F401  (the imports are the slow part: pay them before the first request)
 
     for line in sys.stdin:
         request = json.loads(line)

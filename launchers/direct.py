@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
+from suite.config import load_run_spec, parse_overrides
+from suite.context import RunContext
+from suite.data import prepare_data
 from suite.distributed import shutdown
+from suite.results import check_results_dir
+from suite.run import data_config, run
 from suite.spec import RunSpec
-from suite.train import RunContext, run
 
 # Must match slurm/ray-grid.sbatch (RB_RAY_PORT_BASE's default and JOB_BLOCK).
 PORT_BASE = 20000
@@ -106,3 +111,16 @@ def run_one(spec: RunSpec, results: str | Path, checkpoint_dir: str | None = Non
         return run(spec, results, context)
     finally:
         shutdown()
+
+
+def run_one_command(config: str, *, overrides: list[str], results: str, checkpoint_dir: str | None) -> int:
+    """`resnet-bench run-one`: exit 0 for an `ok` row, 1 for another status (its reason on stderr)."""
+    spec = launch_spec(load_run_spec(config, parse_overrides(overrides)))
+    # Preflight before any process group, model or file: bad input is exit 2 with nothing written.
+    check_results_dir(results)
+    prepare_data(data_config(spec))
+    row = run_one(spec, results, checkpoint_dir)
+    if row.get("status") != "ok":
+        print(f"resnet-bench run-one: run {row['run_id']} {row['status']}: {row['error']}", file=sys.stderr)
+        return 1
+    return 0

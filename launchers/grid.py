@@ -22,13 +22,12 @@ then derived per point, and must come out a whole number.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from suite.config import load_yaml
-from suite.errors import UserError, check
+from suite.errors import UserError, check, suggest
 from suite.results import check_name
 from suite.spec import RunSpec
 
@@ -71,9 +70,7 @@ class Grid:
 def _unknown(keys, accepted, where: str) -> None:
     for key in keys:
         if key not in accepted:
-            close = difflib.get_close_matches(str(key), accepted, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"accepted: {', '.join(accepted)}"
-            raise UserError(f"{where}: unknown key {key!r}; {hint}")
+            raise UserError(f"{where}: unknown key {key!r}; {suggest(key, accepted)}")
 
 
 def _int(value, where: str, lo: int = 1) -> int:

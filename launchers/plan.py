@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from functools import cache
 
+import torch
 from rich.table import Table
 
 from launchers.grid import Grid
 from suite.data import DatasetInfo
+from suite.models import build_model, count_flops
+from suite.peaks import PLANNING_GPU, PLANNING_PRECISION, device_info, planning_peak
 from suite.spec import RunSpec
 
 # Sustained fraction of peak assumed by the estimate: measured MFU of ResNet-50 training is typically
 # 0.3–0.5 on data-centre GPUs; on CPUs our own runs sit well below the matmul peak.
 ASSUMED_MFU = {"cuda": 0.35, "cpu": 0.2}
-NOMINAL_GPU_PEAK = 312e12  # A100 bf16 dense, used when the planning machine has no GPU to look up
 
 
 @cache
 def _forward_flops(arch: str, width: int, small_stem: bool, image_size: int, num_classes: int) -> int:
-    from suite.models import build_model, count_flops
-
     model = build_model(arch=arch, width=width, num_classes=num_classes, small_stem=small_stem)
     return count_flops(model, image_size)
 
@@ -38,12 +38,8 @@ def estimate_seconds(spec: RunSpec, info: DatasetInfo, peak_per_device: float, m
 
 def plan_table(grid: Grid, infos: dict[RunSpec, DatasetInfo], finished: set[str]) -> tuple[Table, float]:
     """One line per point with workers and estimated device-hours; returns the table and the total."""
-    import torch
-
-    from suite.measure import device_info
-
     if grid.cluster.use_gpu and not torch.cuda.is_available():
-        peak, kind, source = NOMINAL_GPU_PEAK, "cuda", "nominal A100 bf16 peak"
+        peak, kind, source = planning_peak(), "cuda", f"nominal {PLANNING_GPU} {PLANNING_PRECISION} peak"
     else:
         dev = device_info(grid.specs[0].precision)
         peak, kind, source = dev.peak_flops_per_s, dev.kind, f"{dev.name}, {dev.peak_source}"

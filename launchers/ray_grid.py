@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import ray
+from ray import tune
+from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
 from launchers.grid import ClusterShape, Grid
+from launchers.ray_worker import train_worker
+from suite.distributed import free_port
 from suite.errors import check
-from suite.results import finished_run_ids, grid_dir, write_run
+from suite.results import finished_run_ids, grid_dir, read_runs, remove_temporaries, write_run
+from suite.row import failure_row
 from suite.spec import RunSpec
+from suite.vocab import FINISHED
 
 # Trial drivers only wait on their TorchTrainer; a token CPU lets them not compete with the workers
 # (Tune rejects 0).
@@ -66,8 +78,6 @@ def ray_session(grid: Grid) -> Iterator[dict]:
 
     Yields the cluster's total resources. A local Ray is shut down and its temp dir removed at the end.
     """
-    import ray
-
     # Ray's services stay on loopback for a local cluster: launchers/__init__.py set that before any import.
     runtime_env = {"env_vars": worker_env(grid)}
     address = os.environ.get("RAY_ADDRESS")
@@ -104,10 +114,6 @@ def ray_session(grid: Grid) -> Iterator[dict]:
 
 def dashboard_port(preferred: int = 8265) -> int:
     """Ray's usual dashboard port if it is free, else any free one (another Ray may hold 8265 here)."""
-    import socket
-
-    from suite.distributed import free_port
-
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
@@ -134,8 +140,6 @@ def check_capacity(grid: Grid, specs: list[RunSpec], resources: dict) -> None:
 
 
 def scaling_config(cluster: ClusterShape, spec: RunSpec):
-    from ray.train import ScalingConfig
-
     resources = {"CPU": cluster.cpus_per_worker}
     if cluster.use_gpu:
         resources["GPU"] = 1
@@ -155,22 +159,12 @@ def scaling_config(cluster: ClusterShape, spec: RunSpec):
 
 def failed_row(spec: RunSpec, error: str, restarts: int) -> dict:
     """The row of a point whose workers never produced one (e.g. every restart failed)."""
-    from datetime import UTC, datetime
-
-    from suite.train import failure_row
-
     now = datetime.now(UTC)
     return failure_row(spec, error=error, restarts=restarts, started=now, ended=now)
 
 
 def trial(config: dict) -> dict:
     """Ray Tune function trainable: one grid point = one Ray Train run (named by grid and run id)."""
-    from ray.train import FailureConfig, LoggingConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from launchers.ray_worker import train_worker
-
     spec = RunSpec.from_dict(config["spec"])
     cluster = ClusterShape(**config["cluster"])
     max_failures = config["max_failures"]
@@ -202,7 +196,7 @@ def trial(config: dict) -> dict:
     if not isinstance(row, dict):
         row = failed_row(spec, error or "the Ray Train run returned no result", max_failures)
         write_run(results, row, [])
-    if row["status"] in ("ok", "diverged"):
+    if row["status"] in FINISHED:
         shutil.rmtree(Path(results, spec.grid, ".checkpoints", spec.run_id), ignore_errors=True)
     return {k: row.get(k) for k in ("run_id", "status", "images_per_s", "top1", "blocks_discarded", "error")}
 
@@ -217,8 +211,6 @@ class GridOutcome:
 
 def run_grid(grid: Grid, results: str | Path, *, progress=None) -> GridOutcome:
     """Run every unfinished point of `grid`; rows land in `results/<grid>/` (suite/results.py)."""
-    from ray import tune
-
     results = str(results)
     done = finished_run_ids(results, grid.name)
     todo = [s for s in grid.specs if s.run_id not in done]
@@ -250,12 +242,10 @@ def run_grid(grid: Grid, results: str | Path, *, progress=None) -> GridOutcome:
                 ),
             )
             tuner.fit()
-    from suite.results import read_runs, remove_temporaries
-
     rows = read_runs(results, grid.name).select(["run_id", "status"]).to_pylist()
     statuses = {r["run_id"]: r["status"] for r in rows}
     wanted = {s.run_id for s in grid.specs}
-    if wanted <= set(statuses) and all(statuses[r] in ("ok", "diverged") for r in wanted):
+    if wanted <= set(statuses) and all(statuses[r] in FINISHED for r in wanted):
         # Every point is finished, so no writer of this grid is alive: what is left is debris of killed ones.
         for name in HIDDEN_STATE:
             shutil.rmtree(grid_dir(results, grid.name) / name, ignore_errors=True)

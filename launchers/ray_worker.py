@@ -10,6 +10,15 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
+import ray
+import ray.train
+from ray.train import Checkpoint
+from ray.util.metrics import Gauge
+
+from suite.context import RunContext
+from suite.run import run
+from suite.spec import RunSpec
+
 # Descriptions must be ASCII: Ray's metric registry encodes them as such.
 METRICS = {
     "images_per_s": "Training images/s of a resnet-bench run (all ranks)",
@@ -23,8 +32,6 @@ class LiveMetrics:
     """Gauges tagged by grid and run id, exported through Ray's metrics endpoint (and so the dashboard)."""
 
     def __init__(self, grid: str, run_id: str):
-        from ray.util.metrics import Gauge
-
         self.tags = {"grid": grid, "run_id": run_id}
         self.gauges = {
             k: Gauge(f"resnet_bench_{k}", description=d, tag_keys=("grid", "run_id"))
@@ -39,16 +46,6 @@ class LiveMetrics:
 
 def train_worker(config: dict) -> dict:
     """Ray Train's per-rank entry point; rank 0's return value is the run row."""
-    from suite.env import apply_defaults
-
-    apply_defaults()
-    import ray
-    import ray.train
-    from ray.train import Checkpoint
-
-    from suite.spec import RunSpec
-    from suite.train import RunContext, run
-
     spec = RunSpec.from_dict(config["spec"])
     rank = ray.train.get_context().get_world_rank()
     live = LiveMetrics(spec.grid, spec.run_id) if rank == 0 else None

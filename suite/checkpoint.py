@@ -10,10 +10,10 @@ ZeRO optimizer state names are allowed by name.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 
 import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 # DeepSpeed's own plain classes that its ZeRO and mixed-precision optimizer states pickle: an enum, a
 # dataclass of two ints and the loss scaler's state (found with torch.serialization.
@@ -35,28 +35,20 @@ def _safe_globals() -> list:
     return allowed
 
 
-@functools.cache
-def _weights_only_class():
-    # Built on first use: importing DeepSpeed picks its accelerator, which suite/env.py sets up first.
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-
-    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
-        def load(self, path: str, map_location=None):
-            with torch.serialization.safe_globals(_safe_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True)
-
-    return TorchCheckpointEngine, WeightsOnlyCheckpointEngine
+class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def weights_only_engine(engine):
     """Swap `engine`'s checkpoint engine for one that loads with `weights_only=True`; returns `engine`."""
-    default, safe_class = _weights_only_class()
     current = engine.checkpoint_engine
-    if type(current) is default:
-        safe = safe_class.__new__(safe_class)
+    if type(current) is TorchCheckpointEngine:
+        safe = WeightsOnlyCheckpointEngine.__new__(WeightsOnlyCheckpointEngine)
         safe.__dict__.update(current.__dict__)  # same settings (serialisation format, name)
         engine.checkpoint_engine = safe
-    elif type(current) is not safe_class:
+    elif type(current) is not WeightsOnlyCheckpointEngine:
         raise RuntimeError(
             f"DeepSpeed checkpoint engine {type(current).__name__} cannot be restricted to weights-only"
             " loading; accepted: the default TorchCheckpointEngine"

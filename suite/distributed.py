@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+import deepspeed
 import torch
 import torch.distributed as dist
 
@@ -45,12 +46,8 @@ def setup() -> Placement:
                 MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=str(free_port()),
             )
-        import deepspeed
-
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     else:
-        import deepspeed
-
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:

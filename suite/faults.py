@@ -17,6 +17,8 @@ import signal
 import time
 from pathlib import Path
 
+import torch
+
 VAR = "RESNET_BENCH_FAULTS"
 
 
@@ -33,8 +35,6 @@ def at_step(step: int, *, rank: int, micro_batch: int) -> str | None:
     """Apply the faults due at this step; returns "nan" when the loss must be poisoned."""
     faults = _faults()
     if "oom_above_micro" in faults and micro_batch > int(faults["oom_above_micro"]):
-        import torch
-
         raise torch.OutOfMemoryError(f"injected: micro-batch {micro_batch} > {faults['oom_above_micro']}")
     if faults.get("raise_at_step") == str(step):
         raise RuntimeError(f"injected failure at step {step}")

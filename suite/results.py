@@ -10,7 +10,6 @@ The curves are written before the run row, so a run row always has its curves.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -19,12 +18,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from suite.errors import UserError, check
+from suite.errors import UserError, check, suggest
+from suite.files import write_atomic
 from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, SCHEMA_VERSION
+from suite.vocab import FINISHED
 
 # Used with fullmatch: a `$` anchor would let a trailing newline into a path component.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-FINISHED = ("ok", "diverged")  # a re-submitted grid skips these; failed runs are retried
 
 
 def check_name(kind: str, name: str) -> str:
@@ -54,29 +54,12 @@ def check_results_dir(results: str | Path) -> Path:
     return path
 
 
-def _write_atomic(table: pa.Table, path: Path, before_rename=None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _only_columns(rows: list[dict], schema: pa.Schema, table: str) -> None:
     """pyarrow drops keys that are not columns without a word: a misspelt column would lose its value."""
     for row in rows:
         for key in row:
             if key not in schema.names:
-                close = difflib.get_close_matches(key, schema.names, n=1)
-                hint = (
-                    f"did you mean {close[0]!r}?" if close else "accepted: the columns in results/README.md"
-                )
+                hint = suggest(key, schema.names, otherwise="accepted: the columns in results/README.md")
                 raise UserError(f"{table} row has {key!r}, which is not a column; {hint}")
 
 
@@ -117,8 +100,8 @@ def write_run(results: str | Path, row: dict, curves: list[dict], *, before_rena
     curve_table = pa.Table.from_pylist(curve_rows, schema=CURVE_SCHEMA)
     _required_present(run_table, "run")
     _required_present(curve_table, "curve")
-    _write_atomic(curve_table, base / "curves" / f"{run_id}.parquet", before_rename)
-    _write_atomic(run_table, run_path, before_rename)
+    for table, path in ((curve_table, base / "curves" / f"{run_id}.parquet"), (run_table, run_path)):
+        write_atomic(path, lambda tmp, table=table: pq.write_table(table, tmp), before_rename=before_rename)
     return run_path
 
 

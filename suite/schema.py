@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from suite.vocab import ARCHS, LAUNCHERS, PRECISIONS, STATUSES, VARIANT_DOCS, VARIANTS, ZERO_STAGES, one_of
+
 SCHEMA_VERSION = 1
 
 
@@ -35,9 +37,7 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
             Column("schema_version", pa.int32(), "version of this schema", False),
             Column("seed", pa.int64(), "random seed of the run", False),
             Column("repeat", pa.int32(), "repeat index of the same configuration", False),
-            Column(
-                "launcher", pa.string(), "how the ranks were started: ray | torchrun | srun | local", False
-            ),
+            Column("launcher", pa.string(), f"how the ranks were started: {one_of(LAUNCHERS)}", False),
             Column("attempts", pa.int32(), "earlier attempts of this run_id that this row replaced", False),
             Column("spec_json", pa.string(), "the full run spec as JSON, to re-run or recompute", False),
         ),
@@ -45,11 +45,11 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
     (
         "model",
         (
-            Column("arch", pa.string(), "depth: resnet50 | resnet101 | resnet152", False),
+            Column("arch", pa.string(), f"depth: {one_of(ARCHS)}", False),
             Column(
                 "variant",
                 pa.string(),
-                "resnet | eps (ε-ResNet) | posthoc (plain ResNet, purged after training)",
+                one_of(VARIANTS, VARIANT_DOCS),
                 False,
             ),
             Column("epsilon", pa.float64(), "ε of the strict-identity gate (null unless variant = eps)"),
@@ -104,8 +104,10 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
             Column("micro_batch", pa.int32(), "samples per rank per forward pass (after any OOM halving)"),
             Column("grad_accum", pa.int32(), "micro-batches accumulated per optimizer step"),
             Column("global_batch", pa.int32(), "micro_batch × grad_accum × world_size"),
-            Column("precision", pa.string(), "fp32 | bf16 | fp16", False),
-            Column("zero_stage", pa.int32(), "DeepSpeed ZeRO stage (0–2)", False),
+            Column("precision", pa.string(), one_of(PRECISIONS), False),
+            Column(
+                "zero_stage", pa.int32(), f"DeepSpeed ZeRO stage ({ZERO_STAGES[0]}–{ZERO_STAGES[-1]})", False
+            ),
             Column("loader_workers", pa.int32(), "data-loader worker processes per rank"),
         ),
     ),
@@ -148,7 +150,7 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
     (
         "outcome",
         (
-            Column("status", pa.string(), "ok | diverged | failed", False),
+            Column("status", pa.string(), one_of(STATUSES), False),
             Column("error", pa.string(), "error text for diverged/failed runs"),
             Column("restarts", pa.int32(), "worker restarts from a checkpoint during the run", False),
             Column(

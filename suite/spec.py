@@ -6,19 +6,16 @@ derived from every field, so the same configuration always gets the same id (a r
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-from suite.errors import UserError, check
+from suite.errors import UserError, check, suggest
 from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
+from suite.results import check_name
+from suite.vocab import LAUNCHERS, PRECISIONS, SCHEDULES, VARIANTS, ZERO_STAGES
 
-VARIANTS = ("resnet", "eps", "posthoc")
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "step")
 DATASETS = ("synthetic", "imagefolder", "shapes")
-LAUNCHERS = ("ray", "torchrun", "srun", "local")
 
 
 @dataclass(frozen=True)
@@ -27,7 +24,7 @@ class RunSpec:
     arch: str = "resnet50"  # depth: resnet50 | resnet101 | resnet152
     variant: str = "resnet"  # resnet | eps (ε-ResNet) | posthoc (plain ResNet purged after training)
     epsilon: float | None = None  # ε of the gate; eps variant only
-    eps_warmup_epochs: int = 1  # train with ε = 0 first (see suite/train.py: why)
+    eps_warmup_epochs: int = 1  # train with ε = 0 first (see suite/trainer.py: why)
     lr_reset_on_discard: bool = True  # ε-ResNet's adaptive learning-rate reset
     side_loss_weight: float = 0.1  # ε-ResNet side supervision (Yu et al. 2018, Sec. 3.2)
     purge_blocks: int = 0  # posthoc: blocks closest to the identity to remove
@@ -119,7 +116,10 @@ class RunSpec:
         check(
             self.precision in PRECISIONS, f"precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}"
         )
-        check(self.zero_stage in (0, 1, 2), f"zero_stage {self.zero_stage}; accepted: 0, 1, 2")
+        check(
+            self.zero_stage in ZERO_STAGES,
+            f"zero_stage {self.zero_stage}; accepted: {', '.join(map(str, ZERO_STAGES))}",
+        )
         check(self.schedule in SCHEDULES, f"schedule {self.schedule!r}; accepted: {', '.join(SCHEDULES)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -134,8 +134,6 @@ class RunSpec:
             f"target_top1 must be a fraction in (0, 1], got {self.target_top1}",
         )
         check(self.launcher in LAUNCHERS, f"launcher {self.launcher!r}; accepted: {', '.join(LAUNCHERS)}")
-        from suite.results import check_name
-
         check_name("grid name", self.grid)
 
     # ------------------------------------------------------------------------------------------------------
@@ -169,9 +167,7 @@ class RunSpec:
         known = {f.name for f in fields(cls)}
         for key in d:
             if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {', '.join(sorted(known))}"
-                raise UserError(f"{where}: unknown key {key!r}{hint}")
+                raise UserError(f"{where}: unknown key {key!r}; {suggest(key, sorted(known))}")
         d = dict(d)
         if isinstance(d.get("step_milestones"), list):
             d["step_milestones"] = tuple(d["step_milestones"])

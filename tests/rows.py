@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from suite.spec import RunSpec
-from suite.train import failure_row
+from suite.row import failure_row
 
 
 def ok_row(spec: RunSpec, **overrides) -> dict:

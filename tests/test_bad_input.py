@@ -3,10 +3,10 @@
 The contract (README, suite/errors.py): exit code 2, one line on stderr naming the culprit and what is
 accepted, and nothing written — or, where the run itself is at fault rather than its input, a `failed` row.
 
-Each case is one row of `CASES`, run through the CLI's own entry point (`suite.cli.main`) in a forked child
+Each case is one row of `CASES`, run through the CLI's own entry point (`resnet_bench.main`) in a forked child
 process: real exit status, real stdout/stderr file descriptors, its own working directory, and none of the
 10–60 s a fresh interpreter spends importing torch on this shared machine. One case per category also goes
-through a real `python -m suite` subprocess (`test_each_category_through_a_real_subprocess`), so the fork is
+through a real `python -m resnet_bench` subprocess (`test_each_category_through_a_real_subprocess`), so the fork is
 never the only witness. Cases that show a bug in suite/ or launchers/ are `xfail(strict=True)` with the fix in
 the reason: they flip to a failure (to be un-marked) once the fix lands.
 
@@ -37,9 +37,9 @@ import pytest
 import yaml
 
 # Imported here, once, so a forked child runs the CLI without paying for the imports again.
-import launchers.cli  # noqa: F401
-import suite.train  # noqa: F401
-from suite.cli import main
+import launchers.driver  # noqa: F401
+import suite.run  # noqa: F401
+from resnet_bench import main
 from suite.results import read_runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def cli(
     ordinary_user: bool = False,
     timeout: float = 300,
 ) -> Outcome:
-    """`resnet-bench ARGV` in a forked child: `suite.cli.main(argv)`, exit status as a process would give it
+    """`resnet-bench ARGV` in a forked child: `resnet_bench.main(argv)`, exit status as a process would give it
     (an uncaught exception prints its traceback and exits 1, as the interpreter does)."""
     io_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = io_dir / "stdout", io_dir / "stderr"
@@ -120,9 +120,9 @@ def cli(
 
 
 def cli_subprocess(argv: list[str], *, cwd: Path, prefix: tuple[str, ...] = (), timeout: float = 300):
-    """`python -m suite ARGV` as a real process (optionally under a wrapper such as `unshare`)."""
+    """`python -m resnet_bench ARGV` as a real process (optionally under a wrapper such as `unshare`)."""
     proc = subprocess.run(
-        [*prefix, sys.executable, "-m", "suite", *argv],
+        [*prefix, sys.executable, "-m", "resnet_bench", *argv],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -513,7 +513,7 @@ def test_a_few_corrupt_images_are_skipped_and_counted(tmp_path):
     assert row["images_skipped"] == 1
 
 
-# One case per category as a real `python -m suite` process (no fork), including the read-only results
+# One case per category as a real `python -m resnet_bench` process (no fork), including the read-only results
 # directory on a real read-only mount, which stops root as well.
 SUBPROCESS_CASES = ["YAML syntax error", "class with no images", "missing grid file", "report: rows of another schema version"]  # fmt: skip
 

@@ -13,7 +13,7 @@ from benchmarks.launch import makespan_figures
 from benchmarks.presets import QUICK
 from benchmarks.session import Session
 from benchmarks.stats import Goal, check, failed, interleave, paired_ratios, result, spread
-from suite.cli import main
+from resnet_bench import main
 
 TINY = dataclasses.replace(
     QUICK,

@@ -54,7 +54,7 @@ def test_global_batch_derives_accumulation(tmp_path):
 
 
 def test_shipped_grids_validate():
-    from launchers.cli import GRIDS_DIR
+    from launchers.driver import GRIDS_DIR
 
     names = {p.stem for p in GRIDS_DIR.glob("*.yaml")}
     assert {"default", "imagenet", "eps-sweep"} <= names

@@ -11,19 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from suite.measure import (
-    GPU_PEAKS,
     ThroughputMeter,
     combine_ranks,
-    datasheet_peak,
-    device_info,
     device_synchronizer,
-    gpu_peak_entry,
-    measured_matmul_peak,
     mfu,
     peak_memory_bytes,
     percentile,
     time_to_target,
 )
+from suite.peaks import GPU_PEAKS, datasheet_peak, device_info, gpu_peak_entry, measured_matmul_peak
 
 T = 1e12
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from suite.cli import main
+from resnet_bench import main
 from suite.errors import UserError
 from suite.models import (
     ARCHITECTURES,

@@ -46,7 +46,7 @@ def grid_file(tmp_path: Path, body: str, *, name="g", nodes=1, dpn=2, concurrenc
 
 def resnet_bench(*args, env=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "suite", *args], cwd=REPO, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "resnet_bench", *args], cwd=REPO, env={**os.environ, **(env or {})},
         capture_output=True, text=True, timeout=timeout, **kwargs,
     )  # fmt: skip
 
@@ -93,15 +93,15 @@ from pathlib import Path
 
 import yaml
 
-import launchers.cli
-from suite.cli import main
+import launchers.driver
+from resnet_bench import main
 
 # The embedded default, shortened to fit CI: every point, 2 epochs (the ε gate is on in the second) of 3 steps.
-grid = yaml.safe_load(launchers.cli.default_grid_path().read_text())
+grid = yaml.safe_load(launchers.driver.default_grid_path().read_text())
 grid["defaults"].update(epochs=2, steps_per_epoch=3, warmup_steps=1)
 short = Path(sys.argv[1]) / "default.yaml"
 short.write_text(yaml.safe_dump(grid))
-launchers.cli.default_grid_path = lambda: short
+launchers.driver.default_grid_path = lambda: short
 sys.exit(main(["run", "--results", sys.argv[2]]))
 """
 
@@ -149,7 +149,7 @@ def test_driver_killed_and_rerun_finishes_without_duplicates(tmp_path):
     runs = results / "g" / "runs"
     # Own session: SIGKILL to the process group takes the driver and the Ray it started, like a lost node.
     driver = subprocess.Popen(
-        [sys.executable, "-m", "suite", "run", str(grid), "--results", str(results)],
+        [sys.executable, "-m", "resnet_bench", "run", str(grid), "--results", str(results)],
         cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -228,7 +228,7 @@ def test_two_node_point_spreads_workers_and_exports_live_metrics(tmp_path, two_n
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     log = tmp_path / "driver.log"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "suite", "run", str(grid), "--results", str(results)],
+        [sys.executable, "-m", "resnet_bench", "run", str(grid), "--results", str(results)],
         cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     seen = None

@@ -329,7 +329,7 @@ def test_a_run_killed_and_resumed_matches_its_uninterrupted_twin(tmp_path):
     twin_results, results, ckpt, flag = (tmp_path / n for n in ("twin", "results", "ckpt", "killed-once"))
     # The twin runs alongside, as a real process.
     twin = subprocess.Popen(
-        [sys.executable, "-m", "suite", "run-one", str(config), "--results", str(twin_results)],
+        [sys.executable, "-m", "resnet_bench", "run-one", str(config), "--results", str(twin_results)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -385,7 +385,7 @@ class Driver:
     def __init__(self, grid: Path, results: Path, log: Path):
         self.log = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "suite", "run", str(grid), "--results", str(results)],
+            [sys.executable, "-m", "resnet_bench", "run", str(grid), "--results", str(results)],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip

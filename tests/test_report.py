@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from suite.cli import main
+from resnet_bench import main
 from suite.errors import UserError
 from suite.report import build_report
 from suite.results import write_run

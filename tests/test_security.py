@@ -215,7 +215,7 @@ def test_resnet_bench_run_from_a_plain_shell_listens_on_loopback_only(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "suite", "run", str(grid), "--results", str(tmp_path / "results")],
+        [sys.executable, "-m", "resnet_bench", "run", str(grid), "--results", str(tmp_path / "results")],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     sockets: dict[tuple, dict] = {}

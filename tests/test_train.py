@@ -39,13 +39,13 @@ def write_config(tmp_path: Path, **overrides) -> Path:
 
 
 def run_one(tmp_path: Path, config: Path, *extra: str, ranks: int = 1, env: dict | None = None, timeout=300):
-    """`resnet-bench run-one` (1 rank) or `torchrun --nproc_per_node N -m suite run-one` (N ranks)."""
+    """`resnet-bench run-one` (1 rank) or `torchrun --nproc_per_node N -m resnet_bench run-one` (N ranks)."""
     if ranks == 1:
-        cmd = [sys.executable, "-m", "suite", "run-one", str(config)]
+        cmd = [sys.executable, "-m", "resnet_bench", "run-one", str(config)]
     else:
         cmd = [
             sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}", "-m", "suite", "run-one", str(config),
+            f"--master_port={free_port()}", "-m", "resnet_bench", "run-one", str(config),
         ]  # fmt: skip
     cmd += ["--results", str(tmp_path / "results"), *extra]
     return subprocess.run(
@@ -158,7 +158,7 @@ EXACTLY_ONCE = """
 import os, sys, torch, torch.distributed as dist
 from suite.data import DataConfig, build_loaders, prepare_data
 from suite.distributed import setup, shutdown
-from suite.train import evaluate
+from suite.trainer import evaluate
 placement = setup()
 cfg = DataConfig(backend="imagefolder", data_dir=sys.argv[1], image_size=16, workers=0)
 info = prepare_data(cfg)

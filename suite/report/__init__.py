@@ -7,11 +7,11 @@ GitHub-flavoured Markdown). `analyse` returns every number the report shows, for
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from suite.files import write_atomic
 from suite.report import compare, plots, sections
 from suite.report.data import Config, Inputs, aggregate_configs, load
 from suite.report.document import Document
@@ -78,16 +78,6 @@ def default_out_dir(results_dir: str | Path, grids: tuple[str, ...]) -> Path:
     return Path(results_dir) / grids[0] if len(grids) == 1 else Path(results_dir)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Same reasoning as suite.results: readers (a browser, a CI artifact upload) never see half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_report(
     results_dir: str | Path = "results", out_dir: str | Path | None = None, grids: Iterable[str] | None = None
 ) -> ReportPaths:
@@ -102,6 +92,6 @@ def build_report(
     out = Path(out_dir) if out_dir is not None else default_out_dir(results_dir, analysis.inputs.grids)
     out.mkdir(parents=True, exist_ok=True)
     paths = ReportPaths(out / "report.html", out / "report.md", analysis)
-    _write_atomic(paths.html, html)
-    _write_atomic(paths.markdown, markdown)
+    for path, text in ((paths.html, html), (paths.markdown, markdown)):
+        write_atomic(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
     return paths

@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from suite.report.data import REPEAT_KEYS, Config
+from suite.vocab import DIRECT_LAUNCHERS
 
 # Keys that define the cluster shape and the per-device batch: a scaling series varies only these.
 SCALING_KEYS = ("nodes", "devices_per_node", "micro_batch", "grad_accum")
-DIRECT_LAUNCHERS = ("torchrun", "srun")  # what a Ray launch is compared against
 
 
 def _key_without(config: Config, keys: tuple[str, ...]) -> str:

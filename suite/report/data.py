@@ -20,16 +20,16 @@ from pathlib import Path
 
 from suite.errors import check
 from suite.results import SAFE_NAME, read_curves, read_runs
+from suite.vocab import ARCHS, VARIANTS, depth_title
 
 REPEAT_KEYS = ("repeat", "seed")  # what varies between repeats of one configuration
 OLYMPIC_MIN = 5  # from this many values on, the mean drops the minimum and the maximum (olympic mean)
-DEPTH_NAMES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "resnet152": "ResNet-152"}
-VARIANT_ORDER = {"resnet": 0, "eps": 1, "posthoc": 2}
+VARIANT_ORDER = {v: i for i, v in enumerate(VARIANTS)}
 
 
 def depth_rank(arch: str) -> tuple[int, str]:
     """ResNet-50 before -101 before -152 (not string order); unknown architectures after, by name."""
-    return (list(DEPTH_NAMES).index(arch), "") if arch in DEPTH_NAMES else (len(DEPTH_NAMES), arch)
+    return (ARCHS.index(arch), "") if arch in ARCHS else (len(ARCHS), arch)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def fmt_eps(epsilon: float) -> str:
 
 
 def model_label(arch: str, variant: str, epsilon: float | None, purge_blocks: int, finetune: int) -> str:
-    depth = DEPTH_NAMES.get(arch, arch)
+    depth = depth_title(arch)
     if variant == "eps":
         return f"ε-{depth}, ε = {fmt_eps(epsilon)}" if epsilon is not None else f"ε-{depth}"
     if variant == "posthoc":
@@ -126,7 +126,7 @@ def model_label(arch: str, variant: str, epsilon: float | None, purge_blocks: in
 
 
 def family_label(arch: str, variant: str) -> str:
-    depth = DEPTH_NAMES.get(arch, arch)
+    depth = depth_title(arch)
     return {"eps": f"ε-{depth}", "posthoc": f"{depth} purged"}.get(variant, depth)
 
 

@@ -13,13 +13,14 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter
 
 from suite.report import compare
-from suite.report.data import DEPTH_NAMES, Config
+from suite.report.data import Config
 from suite.report.document import Figure
+from suite.vocab import ARCHS, VARIANTS, depth_title
 
-DEPTH_COLORS = {"resnet50": "#2563eb", "resnet101": "#ea580c", "resnet152": "#16a34a"}
+DEPTH_COLORS = dict(zip(ARCHS, ("#2563eb", "#ea580c", "#16a34a"), strict=True))
 OTHER_COLORS = ("#7c3aed", "#0891b2", "#be123c", "#4d7c0f")
-MARKERS = {"resnet": "o", "eps": "^", "posthoc": "s"}
-LINESTYLES = {"resnet": "-", "eps": "--", "posthoc": ":"}
+MARKERS = dict(zip(VARIANTS, ("o", "^", "s"), strict=True))
+LINESTYLES = dict(zip(VARIANTS, ("-", "--", ":"), strict=True))
 SERIES_COLORS = ("#2563eb", "#ea580c", "#16a34a", "#7c3aed", "#0891b2", "#be123c", "#a16207", "#475569")
 DPI = 100
 
@@ -185,7 +186,7 @@ def curves_plot(curve_list: list[compare.Curve]) -> Figure | None:
     fig = MplFigure(figsize=(13, 3.3 * len(rows)))
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for (grid, arch), (loss_ax, top1_ax, blocks_ax) in zip(rows, axes, strict=True):
-        title = DEPTH_NAMES.get(arch, arch) + (f" ({grid})" if many_grids else "")
+        title = depth_title(arch) + (f" ({grid})" if many_grids else "")
         any_eps = False
         for i, cv in enumerate(rows[(grid, arch)]):
             c = cv.config

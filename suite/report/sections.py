@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import datetime
 
 from suite.report import compare
-from suite.report.data import DEPTH_NAMES, OLYMPIC_MIN, REPEAT_KEYS, Config, Inputs
+from suite.report.data import OLYMPIC_MIN, REPEAT_KEYS, Config, Inputs
 from suite.report.document import (
     DASH,
     OLYMPIC_MARK,
@@ -21,6 +21,7 @@ from suite.report.document import (
     fmt_pct,
     fmt_stat,
 )
+from suite.vocab import depth_title
 
 # Spec keys already shown by a configuration's label; the "setup" column shows the other keys that vary.
 LABEL_KEYS = ("arch", "variant", "epsilon", "purge_blocks", "finetune_epochs", *REPEAT_KEYS)
@@ -203,7 +204,7 @@ def headline(configs: list[Config], inputs: Inputs) -> Section:
         )
     many_grids = len({c.grid for c in ok}) > 1
     for (grid, arch), members in _by_depth(ok).items():
-        title = DEPTH_NAMES.get(arch, arch) + (f" ({grid})" if many_grids else "")
+        title = depth_title(arch) + (f" ({grid})" if many_grids else "")
         varying = _varying_keys(members)
         notes = []
         if any(s.olympic for c in members for s in (c.top1, c.images_per_s)):

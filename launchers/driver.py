@@ -1,7 +1,5 @@
-"""`resnet-bench run`: validate a grid, show its plan, run it on Ray, print the summary and the report path.
-
-Kept in `launchers` (it needs Ray); `suite/cli.py` only forwards the parsed arguments here.
-"""
+"""The grid driver behind `resnet-bench run`: validate a grid, check its data, show its plan, run it on Ray,
+print the summary and the report path."""
 
 from __future__ import annotations
 
@@ -10,9 +8,13 @@ from pathlib import Path
 from rich.console import Console
 
 from launchers.grid import Grid, load_grid
+from launchers.plan import plan_table, summary_table
+from launchers.progress import GridProgress
+from launchers.ray_grid import run_grid
 from suite.data import prepare_data
+from suite.report import build_report
 from suite.results import check_results_dir, finished_run_ids, read_runs
-from suite.train import data_config
+from suite.run import data_config
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"
 
@@ -41,15 +43,9 @@ def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: boo
     infos = preflight(grid)
     finished = finished_run_ids(results, grid.name)
     if dry_run:
-        from launchers.plan import plan_table
-
         table, _ = plan_table(grid, infos, finished)
         console.print(table)
         return 0
-
-    from launchers.plan import summary_table
-    from launchers.progress import GridProgress
-    from launchers.ray_grid import run_grid
 
     todo = sum(s.run_id not in finished for s in grid.specs)
     console.print(f"grid {grid.name}: {len(grid.specs)} points, {len(grid.specs) - todo} already finished")
@@ -69,8 +65,6 @@ def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: boo
 
 
 def _report(results: str, grid: str, console: Console) -> str | None:
-    from suite.report import build_report
-
     if not (Path(results, grid) / "runs").is_dir():
         return None  # no point wrote a row (e.g. the cluster refused every trial): nothing to report on
     return str(build_report(results, Path(results, grid), grids=[grid]).html)

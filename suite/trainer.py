@@ -1,79 +1,33 @@
-"""One benchmark run: a data-parallel DeepSpeed training run of one `RunSpec`, measured, written as rows.
+"""The engine and the epoch loop: a DeepSpeed engine around one model, trained and evaluated epoch by epoch.
 
-Launcher-agnostic: Ray Train, torchrun or srun only decide how the ranks start (see suite/distributed.py);
-everything measured and written here is the same for all of them. Rank 0 writes the row; a run that
-diverges or fails still writes its row (suite/results.py makes the write atomic).
+The measurement protocol (suite/measure.py) times the steps; the run around it (attempts, the OOM retry,
+pruning and fine-tuning) is suite/run.py, and its row is built by suite/row.py.
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
-import platform
 import shutil
-import socket
-import subprocess
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import deepspeed
 import torch
 import torch.nn.functional as F
 
 from suite import faults, measure
 from suite.checkpoint import weights_only_engine
-from suite.data import DataConfig, Loaders, build_loaders, default_min_crop_scale, prepare_data
-from suite.distributed import Placement, all_reduce_sum, gather_objects, setup
-from suite.models import (
-    ResNet,
-    build_model,
-    count_flops,
-    count_params,
-    purge_closest_to_identity,
-    rebuild_without,
-    split_outputs,
-)
+from suite.context import RunContext
+from suite.data import Loaders
+from suite.distributed import Placement, all_reduce_sum
+from suite.models import ResNet, split_outputs
 from suite.optim import Schedule, param_groups
-from suite.results import write_run
 from suite.spec import RunSpec
 
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class RunContext:
-    """What the launcher knows and the science does not."""
-
-    restarts: int = 0
-    resume_from: str | None = None  # a DeepSpeed checkpoint directory to continue from
-    checkpoint_dir: str | None = None  # where each epoch's checkpoint goes (None: no checkpoints)
-    provenance: dict = field(default_factory=dict)  # e.g. ray_version, slurm_job_id
-    # Called on every rank after each epoch's checkpoint, with the epoch's metrics and the checkpoint path.
-    on_epoch: Callable[[dict, Path | None], None] | None = None
-    # Called on every rank every `progress_every` steps with host-side numbers only (no device sync).
-    on_progress: Callable[[dict], None] | None = None
-    progress_every: int = 20
-    write: bool = True
-
-
-def data_config(spec: RunSpec) -> DataConfig:
-    return DataConfig(
-        backend=spec.dataset,
-        data_dir=spec.data_dir,
-        image_size=spec.image_size,
-        num_classes=spec.num_classes,
-        workers=spec.loader_workers,
-        seed=spec.seed,
-        # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
-        min_crop_scale=(
-            default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale
-        ),
-    )
 
 
 def deepspeed_config(spec: RunSpec, micro_batch: int, grad_accum: int, world_size: int) -> dict:
@@ -100,7 +54,6 @@ def deepspeed_config(spec: RunSpec, micro_batch: int, grad_accum: int, world_siz
     return cfg
 
 
-# ---------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainState:
     """What carries over between epochs and across a checkpoint/restart."""
@@ -168,8 +121,6 @@ class Trainer:
         epochs: int,
         context: RunContext,
     ):
-        import deepspeed
-
         self.spec, self.loaders, self.placement, self.context = spec, loaders, placement, context
         self.micro_batch = micro_batch
         self.steps_per_epoch = len(loaders.train)
@@ -336,225 +287,3 @@ class Trainer:
         if result is None:  # every epoch was already done before a restart
             result = evaluate(self.model, self.loaders.val, self.placement, self.dtype)
         return result
-
-
-# ---------------------------------------------------------------------------------------------------------
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _provenance(context: RunContext) -> dict:
-    import deepspeed
-
-    return {
-        "torch_version": torch.__version__,
-        "deepspeed_version": deepspeed.__version__,
-        "python_version": platform.python_version(),
-        "git_sha": _git_sha(),
-        "ray_version": None,
-        "slurm_job_id": None,
-        **context.provenance,
-    }
-
-
-def _base_row(spec: RunSpec, context: RunContext, started: datetime) -> dict:
-    import json
-
-    return {
-        "run_id": spec.run_id,
-        "grid": spec.grid,
-        "seed": spec.seed,
-        "repeat": spec.repeat,
-        "launcher": spec.launcher,
-        "spec_json": json.dumps(spec.to_dict(), sort_keys=True),
-        "arch": spec.arch,
-        "variant": spec.variant,
-        "epsilon": spec.epsilon,
-        "width": spec.width,
-        "image_size_px": spec.image_size,
-        "num_classes": spec.num_classes or 0,
-        "dataset": spec.dataset,
-        "nodes": spec.nodes,
-        "devices_per_node": spec.devices_per_node,
-        "world_size": spec.world_size,
-        "precision": spec.precision,
-        "zero_stage": spec.zero_stage,
-        "micro_batch": spec.micro_batch,
-        "grad_accum": spec.grad_accum,
-        "global_batch": spec.global_batch,
-        "loader_workers": spec.loader_workers,
-        "warmup_steps": spec.warmup_steps,
-        "target_top1": spec.target_top1,
-        "restarts": context.restarts,
-        "oom_retries": 0,
-        "started_at": started,
-        **_provenance(context),
-    }
-
-
-def failure_row(spec: RunSpec, *, error: str, restarts: int, started: datetime, ended: datetime) -> dict:
-    """The row of a run that never reached its own row-writing (e.g. all its workers died)."""
-    row = _base_row(spec, RunContext(restarts=restarts), started)
-    row.update(status="failed", error=error[:4000], ended_at=ended, hosts=[])
-    return row
-
-
-def _attempt(spec: RunSpec, placement: Placement, context: RunContext, info, micro: int, accum: int) -> dict:
-    """One training attempt at a given micro-batch; returns the measured columns."""
-    run_start = time.perf_counter()
-    torch.manual_seed(spec.seed)
-    loaders = build_loaders(
-        data_config(spec), info, micro_batch=micro, rank=placement.rank, world_size=placement.world_size
-    )
-    model = build_model(
-        arch=spec.model_arch,
-        epsilon=spec.epsilon,
-        width=spec.width,
-        num_classes=info.num_classes,
-        small_stem=spec.small_stem,
-        zero_init_residual=spec.zero_init_residual,
-    )
-    params_total = count_params(model)
-    flops_unpruned = count_flops(model, spec.image_size)
-    trainer = Trainer(
-        spec,
-        model,
-        loaders,
-        placement,
-        micro_batch=micro,
-        grad_accum=accum,
-        epochs=spec.epochs,
-        context=context,
-    )
-    state = TrainState(world_size=placement.world_size)
-    world_size_changed = False
-    if context.resume_from:
-        resumed = trainer.load(context.resume_from)
-        if resumed is not None:
-            world_size_changed = resumed.world_size != placement.world_size
-            state = resumed
-            state.world_size = placement.world_size
-            run_start = time.perf_counter() - state.elapsed_s  # curves' elapsed_s continues across restarts
-    result = trainer.train_epochs(state, 0, run_start)
-    summary = trainer.meter.summary()
-    model = trainer.model
-    top1_unpruned = result.top1
-    active = model
-    removed: list[tuple[int, int]] = []
-    if spec.variant == "eps":
-        removed = result.always_off
-        active = rebuild_without(model, removed)
-    elif spec.variant == "posthoc" and spec.purge_blocks:
-        purge = purge_closest_to_identity(model, loaders.val, spec.purge_blocks)
-        removed, active = purge.removed, purge.model
-        if spec.finetune_epochs:
-            tuner = Trainer(
-                replace(spec, warmup_steps=0),
-                active,
-                loaders,
-                placement,
-                micro_batch=micro,
-                grad_accum=accum,
-                epochs=spec.finetune_epochs,
-                context=replace(context, checkpoint_dir=None, on_epoch=context.on_epoch),
-            )
-            result = tuner.train_epochs(state, spec.epochs, run_start)
-            active = tuner.model
-    if active is not model:
-        result = evaluate(active, loaders.val, placement, trainer.dtype)
-    flops_active = count_flops(active, spec.image_size)
-    per_stage = [n - len(k) for n, k in zip(active.arch.layers, active.arch.kept_blocks(), strict=True)]
-    total = measure.combine_ranks(gather_objects(summary))
-    device = measure.device_info(spec.precision, placement.device)
-    ips = total["images_per_s"]
-    return {
-        "num_classes": info.num_classes,
-        "params_total": params_total,
-        "params_active": count_params(active),
-        "blocks_total": sum(model.arch.layers),
-        "blocks_discarded": len(removed),
-        "blocks_discarded_per_stage": per_stage,
-        "flops_per_image": flops_active,
-        "flops_per_image_unpruned": flops_unpruned,
-        "world_size": placement.world_size,
-        "world_size_changed": world_size_changed,
-        "device_name": device.name,
-        "device_peak_flops_per_s": device.peak_flops_per_s,
-        "device_peak_source": device.peak_source,
-        "peak_memory_bytes": measure.peak_memory_bytes(placement.device),
-        "micro_batch": micro,
-        "grad_accum": accum,
-        "global_batch": micro * accum * placement.world_size,
-        "epochs": state.epoch,
-        "warmup_steps": total["warmup_steps"],  # actually excluded (fewer if the run was shorter)
-        "timed_steps": total["timed_steps"],
-        "step_ms_p50": total["step_ms_p50"],
-        "step_ms_p90": total["step_ms_p90"],
-        "images_per_s": ips,
-        "images_per_s_compute": total["images_per_s_compute"],
-        "data_wait_frac": total["data_wait_frac"],
-        "mfu": measure.mfu(flops_active, ips, device.peak_flops_per_s * placement.world_size),
-        # Files the preflight found corrupt (dropped from every rank's list: counted once) plus the ones each
-        # rank failed to decode at load time.
-        "images_skipped": len(info.corrupt_files)
-        + int(all_reduce_sum([float(loaders.skipped)], placement.device)[0]),
-        "top1": result.top1,
-        "top5": result.top5,
-        "top1_unpruned": top1_unpruned,
-        "time_to_target_s": state.time_to_target_s,
-        "restarts": max(context.restarts, state.restarts),
-        "curves": state.curves,
-    }
-
-
-def run(spec: RunSpec, results_dir: str | Path, context: RunContext | None = None) -> dict:
-    """Run `spec` on the current process group (creating one if needed); every rank returns the row.
-
-    Out-of-memory retries with half the micro-batch and twice the accumulation (global batch kept); NaN loss
-    gives `status = "diverged"`; any other exception `status = "failed"` with its text. Rank 0 writes.
-    """
-    context = context or RunContext()
-    started = datetime.now(UTC)
-    t0 = time.perf_counter()
-    placement = setup()
-    row = _base_row(spec, context, started)
-    row["hosts"] = sorted(set(gather_objects(socket.gethostname())))
-    micro, accum, curves = spec.micro_batch, spec.grad_accum, []
-    try:
-        info = prepare_data(data_config(spec))
-        while True:
-            try:
-                measured = _attempt(spec, placement, context, info, micro, accum)
-                break
-            except torch.OutOfMemoryError:
-                if micro == 1:
-                    raise
-                micro, accum = micro // 2, accum * 2
-                row["oom_retries"] += 1
-                gc.collect()
-                if placement.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if placement.rank == 0:
-                    print(
-                        f"[resnet-bench] out of memory: retrying with micro-batch {micro} × {accum}",
-                        flush=True,
-                    )
-        curves = measured.pop("curves")
-        row.update(measured, status="ok", error=None)
-    except Diverged as e:
-        row.update(status="diverged", error=str(e))
-    except Exception as e:  # a failure is a row, never a lost result
-        tb = traceback.format_exc(limit=-3)
-        row.update(status="failed", error=f"{type(e).__name__}: {e}\n{tb}"[:4000])
-    row["train_time_s"] = time.perf_counter() - t0
-    row["ended_at"] = datetime.now(UTC)
-    if placement.rank == 0 and context.write:
-        write_run(results_dir, row, curves)
-    row["curves"] = curves
-    return row

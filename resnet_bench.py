@@ -1,7 +1,9 @@
-"""`resnet-bench …` (also `python -m suite …`): a thin shell over the library.
+"""`resnet-bench …` (also `python -m resnet_bench …`): the one command line, a thin shell over the library.
 
-Each command parses its arguments and calls one library function. `UserError` (bad input) becomes one line on
-stderr and exit code 2, before anything is written.
+The top layer: the only module that may import every other (`suite`, `launchers`, `benchmarks`; the import
+contracts in pyproject.toml hold the layers below it). Each command parses its arguments and calls one
+library function. `UserError` (bad input) becomes one line on stderr and exit code 2, before anything is
+written.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ import json
 import sys
 from collections.abc import Callable
 
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.runner import bench_command
+from launchers.direct import run_one_command
 from suite.errors import UserError
+from suite.models.catalog import describe_all
+from suite.report import build_report
+from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, schema_markdown
 
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -34,15 +44,10 @@ def _models_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("models", "list the registered architectures with parameters and forward FLOPs", _models_arguments)
 def models_cmd(args: argparse.Namespace) -> int:
-    from suite.models.catalog import describe_all
-
     rows = describe_all()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="Registered architectures (1000 classes, width 64)")
     for col in ("name", "baseline", "ε gate", "params", "image px", "forward GFLOPs"):
         table.add_column(col, justify="right" if col in ("params", "image px", "forward GFLOPs") else "left")
@@ -72,21 +77,9 @@ def _run_one_arguments(p: argparse.ArgumentParser) -> None:
     _run_one_arguments,
 )
 def run_one_cmd(args: argparse.Namespace) -> int:
-    from launchers.direct import launch_spec, run_one
-    from suite.config import load_run_spec, parse_overrides
-    from suite.data import prepare_data
-    from suite.results import check_results_dir
-    from suite.train import data_config
-
-    spec = launch_spec(load_run_spec(args.config, parse_overrides(args.set)))
-    # Preflight before any process group, model or file: bad input is exit 2 with nothing written.
-    check_results_dir(args.results)
-    prepare_data(data_config(spec))
-    row = run_one(spec, args.results, args.checkpoint_dir)
-    if row.get("status") != "ok":
-        print(f"resnet-bench run-one: run {row['run_id']} {row['status']}: {row['error']}", file=sys.stderr)
-        return 1
-    return 0
+    return run_one_command(
+        args.config, overrides=args.set, results=args.results, checkpoint_dir=args.checkpoint_dir
+    )
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,7 +90,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run a grid of configurations on Ray (no GRID: the embedded CPU demo)", _run_arguments)
 def run_cmd(args: argparse.Namespace) -> int:
-    from launchers.cli import run_grid_command
+    # Imported here because Ray Tune and Train cost about 1.4 s and 160 MB on import (measured): every rank of
+    # `run-one` under torchrun or srun, and `report` or `schema`, would pay that for nothing.
+    from launchers.driver import run_grid_command
 
     return run_grid_command(args.grid, results=args.results, dry_run=args.dry_run)
 
@@ -108,8 +103,6 @@ def _schema_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("schema", "describe the result tables (columns, types, units)", _schema_arguments)
 def schema_cmd(args: argparse.Namespace) -> int:
-    from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, schema_markdown
-
     if args.markdown:
         print(schema_markdown(), end="")
     else:
@@ -133,8 +126,6 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     "report", "write the comparison report (report.html, report.md) from the result tables", _report_arguments
 )
 def report_cmd(args: argparse.Namespace) -> int:
-    from suite.report import build_report
-
     paths = build_report(args.results, args.out, args.grid)
     print(f"wrote {paths.html} and {paths.markdown}")
     return 0
@@ -150,9 +141,6 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     "bench", "measure the suite's own speed: six side-by-side ratios against their goals", _bench_arguments
 )
 def bench_cmd(args: argparse.Namespace) -> int:
-    # benchmarks/ may launch Ray grids: imported here, never when suite.cli is imported.
-    from benchmarks.runner import bench_command
-
     return bench_command(quick=args.quick, as_json=args.json, only=args.only)
 
 
@@ -168,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from suite.env import apply_defaults
-
-    apply_defaults()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
     except UserError as e:
         print(f"resnet-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

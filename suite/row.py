@@ -1,0 +1,202 @@
+"""The run row, built in exactly one place.
+
+Every row the suite writes comes from `run_row`: a finished, diverged or failed run (suite/run.py), a point
+whose Ray workers all died (`failure_row`, written by the Ray launcher), and the numbers the benchmarks read
+(`THROUGHPUT_COLUMNS`). Its keys are the columns of suite/schema.py; suite/results.py refuses any other key.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import deepspeed
+import torch
+
+from suite.peaks import DeviceInfo
+from suite.spec import RunSpec
+
+# The timed-window columns (suite/measure.py) a side-by-side benchmark compares; nothing is recomputed there.
+THROUGHPUT_COLUMNS = (
+    "world_size",
+    "images_per_s",
+    "images_per_s_compute",
+    "data_wait_frac",
+    "step_ms_p50",
+    "step_ms_p90",
+    "timed_steps",
+    "train_time_s",
+)
+MAX_ERROR_CHARS = 4000  # a traceback's tail is enough to act on; a whole one would swamp the report
+
+
+@dataclass
+class Measured:
+    """What one successful attempt measured (suite/run.py), before it becomes columns."""
+
+    num_classes: int
+    params_total: int
+    params_active: int
+    blocks_total: int
+    blocks_discarded_per_stage: list[int]
+    removed: list[tuple[int, int]]  # (stage, block) of every block pruned away
+    flops_per_image: int
+    flops_per_image_unpruned: int
+    world_size: int
+    world_size_changed: bool
+    device: DeviceInfo
+    peak_memory_bytes: int
+    micro_batch: int
+    grad_accum: int
+    epochs: int
+    timing: dict  # measure.combine_ranks over every rank's ThroughputMeter summary
+    mfu: float | None
+    images_skipped: int
+    top1: float
+    top5: float
+    top1_unpruned: float
+    time_to_target_s: float | None
+    restarts: int
+    curves: list[dict] = field(default_factory=list)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(extra: dict) -> dict:
+    """Library versions and the code's git sha, plus what the launcher knows (ray_version, slurm_job_id)."""
+    return {
+        "torch_version": torch.__version__,
+        "deepspeed_version": deepspeed.__version__,
+        "python_version": platform.python_version(),
+        "git_sha": git_sha(),
+        "ray_version": None,
+        "slurm_job_id": None,
+        **extra,
+    }
+
+
+def _spec_columns(spec: RunSpec) -> dict:
+    return {
+        "run_id": spec.run_id,
+        "grid": spec.grid,
+        "seed": spec.seed,
+        "repeat": spec.repeat,
+        "launcher": spec.launcher,
+        "spec_json": json.dumps(spec.to_dict(), sort_keys=True),
+        "arch": spec.arch,
+        "variant": spec.variant,
+        "epsilon": spec.epsilon,
+        "width": spec.width,
+        "image_size_px": spec.image_size,
+        "num_classes": spec.num_classes or 0,
+        "dataset": spec.dataset,
+        "nodes": spec.nodes,
+        "devices_per_node": spec.devices_per_node,
+        "world_size": spec.world_size,
+        "precision": spec.precision,
+        "zero_stage": spec.zero_stage,
+        "micro_batch": spec.micro_batch,
+        "grad_accum": spec.grad_accum,
+        "global_batch": spec.global_batch,
+        "loader_workers": spec.loader_workers,
+        "warmup_steps": spec.warmup_steps,
+        "target_top1": spec.target_top1,
+    }
+
+
+def _measured_columns(m: Measured) -> dict:
+    t = m.timing
+    return {
+        "num_classes": m.num_classes,
+        "params_total": m.params_total,
+        "params_active": m.params_active,
+        "blocks_total": m.blocks_total,
+        "blocks_discarded": len(m.removed),
+        "blocks_discarded_per_stage": m.blocks_discarded_per_stage,
+        "flops_per_image": m.flops_per_image,
+        "flops_per_image_unpruned": m.flops_per_image_unpruned,
+        "world_size": m.world_size,
+        "world_size_changed": m.world_size_changed,
+        "device_name": m.device.name,
+        "device_peak_flops_per_s": m.device.peak_flops_per_s,
+        "device_peak_source": m.device.peak_source,
+        "peak_memory_bytes": m.peak_memory_bytes,
+        "micro_batch": m.micro_batch,
+        "grad_accum": m.grad_accum,
+        "global_batch": m.micro_batch * m.grad_accum * m.world_size,
+        "epochs": m.epochs,
+        "warmup_steps": t["warmup_steps"],  # actually excluded (fewer if the run was shorter)
+        "timed_steps": t["timed_steps"],
+        "step_ms_p50": t["step_ms_p50"],
+        "step_ms_p90": t["step_ms_p90"],
+        "images_per_s": t["images_per_s"],
+        "images_per_s_compute": t["images_per_s_compute"],
+        "data_wait_frac": t["data_wait_frac"],
+        "mfu": m.mfu,
+        "images_skipped": m.images_skipped,
+        "top1": m.top1,
+        "top5": m.top5,
+        "top1_unpruned": m.top1_unpruned,
+        "time_to_target_s": m.time_to_target_s,
+    }
+
+
+def run_row(
+    spec: RunSpec,
+    *,
+    status: str,
+    error: str | None,
+    started: datetime,
+    ended: datetime,
+    restarts: int,
+    provenance_extra: dict,
+    hosts: list[str],
+    oom_retries: int = 0,
+    train_time_s: float | None = None,
+    measured: Measured | None = None,
+) -> dict:
+    """The row of one run: its spec's columns, what it measured (None unless it finished), its outcome."""
+    row = {
+        **_spec_columns(spec),
+        **provenance(provenance_extra),
+        "restarts": restarts,
+        "oom_retries": oom_retries,
+        "started_at": started,
+        "hosts": hosts,
+    }
+    if measured is not None:
+        row.update(_measured_columns(measured))
+        row["restarts"] = max(restarts, measured.restarts)
+    row.update(
+        status=status,
+        error=None if error is None else error[:MAX_ERROR_CHARS],
+        train_time_s=train_time_s,
+        ended_at=ended,
+    )
+    return row
+
+
+def failure_row(spec: RunSpec, *, error: str, restarts: int, started: datetime, ended: datetime) -> dict:
+    """The row of a run that never reached its own row-writing (e.g. all its workers died)."""
+    return run_row(
+        spec,
+        status="failed",
+        error=error,
+        started=started,
+        ended=ended,
+        restarts=restarts,
+        provenance_extra={},
+        hosts=[],
+    )

@@ -1,0 +1,200 @@
+"""One benchmark run of one `RunSpec`: attempts, the out-of-memory retry, pruning and fine-tuning, the status.
+
+Launcher-agnostic: Ray Train, torchrun or srun only decide how the ranks start (see suite/distributed.py);
+everything measured and written here is the same for all of them. The engine and epoch loop are
+suite/trainer.py; the row is built by suite/row.py. Rank 0 writes it; a run that diverges or fails still
+writes its row (suite/results.py makes the write atomic).
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import time
+import traceback
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from suite import measure
+from suite.context import RunContext
+from suite.data import DataConfig, DatasetInfo, build_loaders, default_min_crop_scale, prepare_data
+from suite.distributed import Placement, all_reduce_sum, gather_objects, setup
+from suite.models import build_model, count_flops, count_params, purge_closest_to_identity, rebuild_without
+from suite.peaks import device_info
+from suite.results import write_run
+from suite.row import Measured, run_row
+from suite.spec import RunSpec
+from suite.trainer import Diverged, Trainer, TrainState, evaluate
+
+
+def data_config(spec: RunSpec) -> DataConfig:
+    return DataConfig(
+        backend=spec.dataset,
+        data_dir=spec.data_dir,
+        image_size=spec.image_size,
+        num_classes=spec.num_classes,
+        workers=spec.loader_workers,
+        seed=spec.seed,
+        # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
+        min_crop_scale=(
+            default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale
+        ),
+    )
+
+
+def _attempt(
+    spec: RunSpec, placement: Placement, context: RunContext, info: DatasetInfo, micro: int, accum: int
+) -> Measured:
+    """One training attempt at a given micro-batch: train, prune or purge (and fine-tune), measure."""
+    run_start = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    loaders = build_loaders(
+        data_config(spec), info, micro_batch=micro, rank=placement.rank, world_size=placement.world_size
+    )
+    model = build_model(
+        arch=spec.model_arch,
+        epsilon=spec.epsilon,
+        width=spec.width,
+        num_classes=info.num_classes,
+        small_stem=spec.small_stem,
+        zero_init_residual=spec.zero_init_residual,
+    )
+    params_total = count_params(model)
+    flops_unpruned = count_flops(model, spec.image_size)
+    trainer = Trainer(
+        spec,
+        model,
+        loaders,
+        placement,
+        micro_batch=micro,
+        grad_accum=accum,
+        epochs=spec.epochs,
+        context=context,
+    )
+    state = TrainState(world_size=placement.world_size)
+    world_size_changed = False
+    if context.resume_from:
+        resumed = trainer.load(context.resume_from)
+        if resumed is not None:
+            world_size_changed = resumed.world_size != placement.world_size
+            state = resumed
+            state.world_size = placement.world_size
+            run_start = time.perf_counter() - state.elapsed_s  # curves' elapsed_s continues across restarts
+    result = trainer.train_epochs(state, 0, run_start)
+    summary = trainer.meter.summary()
+    model = trainer.model
+    top1_unpruned = result.top1
+    active = model
+    removed: list[tuple[int, int]] = []
+    if spec.variant == "eps":
+        removed = result.always_off
+        active = rebuild_without(model, removed)
+    elif spec.variant == "posthoc" and spec.purge_blocks:
+        purge = purge_closest_to_identity(model, loaders.val, spec.purge_blocks)
+        removed, active = purge.removed, purge.model
+        if spec.finetune_epochs:
+            tuner = Trainer(
+                replace(spec, warmup_steps=0),
+                active,
+                loaders,
+                placement,
+                micro_batch=micro,
+                grad_accum=accum,
+                epochs=spec.finetune_epochs,
+                context=replace(context, checkpoint_dir=None, on_epoch=context.on_epoch),
+            )
+            result = tuner.train_epochs(state, spec.epochs, run_start)
+            active = tuner.model
+    if active is not model:
+        result = evaluate(active, loaders.val, placement, trainer.dtype)
+    flops_active = count_flops(active, spec.image_size)
+    timing = measure.combine_ranks(gather_objects(summary))
+    device = device_info(spec.precision, placement.device)
+    return Measured(
+        num_classes=info.num_classes,
+        params_total=params_total,
+        params_active=count_params(active),
+        blocks_total=sum(model.arch.layers),
+        blocks_discarded_per_stage=[
+            n - len(k) for n, k in zip(active.arch.layers, active.arch.kept_blocks(), strict=True)
+        ],
+        removed=removed,
+        flops_per_image=flops_active,
+        flops_per_image_unpruned=flops_unpruned,
+        world_size=placement.world_size,
+        world_size_changed=world_size_changed,
+        device=device,
+        peak_memory_bytes=measure.peak_memory_bytes(placement.device),
+        micro_batch=micro,
+        grad_accum=accum,
+        epochs=state.epoch,
+        timing=timing,
+        mfu=measure.mfu(flops_active, timing["images_per_s"], device.peak_flops_per_s * placement.world_size),
+        # Files the preflight found corrupt (dropped from every rank's list: counted once) plus the ones each
+        # rank failed to decode at load time.
+        images_skipped=len(info.corrupt_files)
+        + int(all_reduce_sum([float(loaders.skipped)], placement.device)[0]),
+        top1=result.top1,
+        top5=result.top5,
+        top1_unpruned=top1_unpruned,
+        time_to_target_s=state.time_to_target_s,
+        restarts=state.restarts,
+        curves=state.curves,
+    )
+
+
+def run(spec: RunSpec, results_dir: str | Path, context: RunContext | None = None) -> dict:
+    """Run `spec` on the current process group (creating one if needed); every rank returns the row.
+
+    Out-of-memory retries with half the micro-batch and twice the accumulation (global batch kept); NaN loss gives `status = "diverged"`; any other exception `status = "failed"` with its text. Rank 0 writes.
+    """
+    context = context or RunContext()
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    placement = setup()
+    hosts = sorted(set(gather_objects(socket.gethostname())))
+    measured, oom_retries, status, error = None, 0, "ok", None
+    micro, accum = spec.micro_batch, spec.grad_accum
+    try:
+        info = prepare_data(data_config(spec))
+        while measured is None:
+            try:
+                measured = _attempt(spec, placement, context, info, micro, accum)
+            except torch.OutOfMemoryError:
+                # Half the micro-batch, twice the accumulation: the global batch (and so the science) is kept.
+                if micro == 1:
+                    raise
+                micro, accum, oom_retries = micro // 2, accum * 2, oom_retries + 1
+                gc.collect()
+                if placement.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if placement.rank == 0:
+                    print(
+                        f"[resnet-bench] out of memory: retrying with micro-batch {micro} × {accum}",
+                        flush=True,
+                    )
+    except Diverged as e:
+        status, error = "diverged", str(e)
+    except Exception as e:  # a failure is a row, never a lost result
+        status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
+    row = run_row(
+        spec,
+        status=status,
+        error=error,
+        started=started,
+        ended=datetime.now(UTC),
+        restarts=context.restarts,
+        provenance_extra=context.provenance,
+        hosts=hosts,
+        oom_retries=oom_retries,
+        train_time_s=time.perf_counter() - t0,
+        measured=measured,
+    )
+    curves = measured.curves if measured else []
+    if placement.rank == 0 and context.write:
+        write_run(results_dir, row, curves)
+    row["curves"] = curves
+    return row

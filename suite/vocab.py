@@ -1,0 +1,35 @@
+"""Every vocabulary the suite speaks, declared once: configs are validated against it, the schema documents it
+and the report orders by it.
+
+Architecture depths come from their stage table (`suite/models/registry.py`: depth is data) and data backends
+from their registry (`suite/data/`): those tables are the declaration, the names here follow them.
+"""
+
+from __future__ import annotations
+
+from suite.models.registry import STAGE_DEPTHS
+
+ARCHS: tuple[str, ...] = tuple(STAGE_DEPTHS)  # resnet50, resnet101, resnet152
+# eps: ε-ResNet (Yu et al. 2018), blocks gated off during training are pruned; posthoc: the plain network with
+# the blocks closest to an identity purged after training.
+VARIANT_DOCS = {"resnet": "", "eps": "ε-ResNet", "posthoc": "plain ResNet, purged after training"}
+VARIANTS = tuple(VARIANT_DOCS)
+PRECISIONS = ("fp32", "bf16", "fp16")
+ZERO_STAGES = (0, 1, 2)
+SCHEDULES = ("cosine", "step")
+# How a run's ranks were started: by a Ray Train worker group, torchrun, srun, or as one plain process.
+LAUNCHERS = ("ray", "torchrun", "srun", "local")
+DIRECT_LAUNCHERS = ("torchrun", "srun")  # what a Ray launch is compared against
+STATUSES = ("ok", "diverged", "failed")
+FINISHED = ("ok", "diverged")  # a re-submitted grid skips these; failed runs are retried
+
+
+def depth_title(arch: str) -> str:
+    """`resnet101` → `ResNet-101`, as the papers write it; anything else unchanged."""
+    return f"ResNet-{arch.removeprefix('resnet')}" if arch in ARCHS else arch
+
+
+def one_of(values, docs: dict[str, str] | None = None) -> str:
+    """`a | b (what b is) | c`, for the schema's column docs."""
+    docs = docs or {}
+    return " | ".join(f"{v} ({docs[v]})" if docs.get(v) else str(v) for v in values)
