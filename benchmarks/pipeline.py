@@ -53,7 +53,9 @@ def _rate(loader, batches: int, workers: int) -> float:
 
 
 def suite_rate(root: Path, *, size: int, batch: int, batches: int, epoch: int) -> float:
-    from suite.data import DataConfig, build_loaders, prepare_data
+    from suite.data.config import DataConfig
+    from suite.data.loaders import build_loaders
+    from suite.data.preflight import prepare_data
 
     cfg = DataConfig(backend="imagefolder", data_dir=str(root), image_size=size, workers=1)
     loaders = build_loaders(cfg, prepare_data(cfg), micro_batch=batch, rank=0, world_size=1)
@@ -66,7 +68,7 @@ def torchvision_rate(root: Path, *, size: int, batch: int, batches: int) -> floa
     import torch
     from torchvision import datasets, transforms
 
-    from suite.data import IMAGENET_MEAN, IMAGENET_STD
+    from suite.data.decode import IMAGENET_MEAN, IMAGENET_STD
 
     transform = transforms.Compose(
         [
@@ -92,7 +94,7 @@ def data_pipeline(session: Session) -> dict:
         preset.repetitions,
     )
     # The data-wait fraction of a real training run: the suite's default loader settings (RunSpec's
-    # loader_workers and the DataLoader settings in suite/data.py) on the bundled shapes set.
+    # loader_workers and the DataLoader settings in suite/data/loaders.py) on the bundled shapes set.
     spec = preset.train_spec(
         dataset="shapes",
         steps_per_epoch=preset.warmup_steps + preset.data_wait_timed_steps,

@@ -10,9 +10,9 @@ from pathlib import Path
 from rich.console import Console
 
 from launchers.grid import Grid, load_grid
-from suite.data import prepare_data
+from suite.data.config import data_config
+from suite.data.preflight import prepare_data
 from suite.results import check_results_dir, finished_run_ids, read_runs
-from suite.train import data_config
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"
 

@@ -7,7 +7,7 @@ from functools import cache
 from rich.table import Table
 
 from launchers.grid import Grid
-from suite.data import DatasetInfo
+from suite.data.config import DatasetInfo
 from suite.spec import RunSpec
 
 # Sustained fraction of peak assumed by the estimate: measured MFU of ResNet-50 training is typically

@@ -74,9 +74,9 @@ def _run_one_arguments(p: argparse.ArgumentParser) -> None:
 def run_one_cmd(args: argparse.Namespace) -> int:
     from launchers.direct import launch_spec, run_one
     from suite.config import load_run_spec, parse_overrides
-    from suite.data import prepare_data
+    from suite.data.config import data_config
+    from suite.data.preflight import prepare_data
     from suite.results import check_results_dir
-    from suite.train import data_config
 
     spec = launch_spec(load_run_spec(args.config, parse_overrides(args.set)))
     # Preflight before any process group, model or file: bad input is exit 2 with nothing written.

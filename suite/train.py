@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 from suite import faults, measure
 from suite.checkpoint import weights_only_engine
-from suite.data import DataConfig, Loaders, build_loaders, default_min_crop_scale, prepare_data
+from suite.data.config import data_config
+from suite.data.loaders import Loaders, build_loaders
+from suite.data.preflight import prepare_data
 from suite.distributed import Placement, all_reduce_sum, gather_objects, setup
 from suite.models import (
     ResNet,
@@ -59,21 +61,6 @@ class RunContext:
     on_progress: Callable[[dict], None] | None = None
     progress_every: int = 20
     write: bool = True
-
-
-def data_config(spec: RunSpec) -> DataConfig:
-    return DataConfig(
-        backend=spec.dataset,
-        data_dir=spec.data_dir,
-        image_size=spec.image_size,
-        num_classes=spec.num_classes,
-        workers=spec.loader_workers,
-        seed=spec.seed,
-        # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
-        min_crop_scale=(
-            default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale
-        ),
-    )
 
 
 def deepspeed_config(spec: RunSpec, micro_batch: int, grad_accum: int, world_size: int) -> dict:
