@@ -1,21 +1,27 @@
 """Data backends: batches, rank shards, epochs, the index shared through `DatasetInfo`, the registry, and
 load-time failures.
 
-Most tests load in-process (workers=0), one crosses a worker-process boundary. The preflight's bad-input cases,
-the decode and the shapes set have their own files (test_data_preflight.py, test_data_decode.py,
+Most tests load in-process (workers=0), one crosses a worker-process boundary. The preflight's bad-input
+cases, the decode and the shapes set have their own files (test_data_preflight.py, test_data_decode.py,
 test_data_shapes.py).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from suite.data.config import DataConfig
+from launchers.grid import load_grid
+from suite.data import imagefolder, shapes
+from suite.data.config import DataConfig, DatasetInfo, data_config
 from suite.data.loaders import build_loaders
 from suite.data.preflight import prepare_data
+from suite.data.registry import NAMES, backend, default_min_crop_scale
+from suite.errors import UserError
+from suite.spec import RunSpec
 from tests.data_trees import TWO_CLASSES, drain, folder_cfg, make_tree, write_corrupt, write_image
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -135,3 +141,113 @@ def test_a_file_that_breaks_after_the_preflight_is_skipped_and_counted(tmp_path,
     assert loaders.skipped == 2
     assert sum(len(y) for _, y in loaders.val) == 6  # again: the count accumulates on this rank
     assert loaders.skipped == 3
+
+
+def test_a_file_that_vanished_after_the_preflight_is_skipped_and_counted(tmp_path):
+    make_tree(tmp_path, TWO_CLASSES)
+    cfg = folder_cfg(tmp_path)
+    info = prepare_data(cfg)
+    (tmp_path / "val" / "a" / "001.png").unlink()
+    loaders = build_loaders(cfg, info, micro_batch=4, rank=0, world_size=1)
+    assert sum(len(y) for _, y in loaders.val) == 6 and loaders.skipped == 1
+    assert sum(len(y) for _, y in loaders.train) == 16 and loaders.skipped == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The index: checked once, shared as a plain dict, never re-listed by a rank
+
+
+def batches_of(cfg: DataConfig, info, epoch: int, rank: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loaders = build_loaders(cfg, info, micro_batch=3, rank=rank, world_size=2)
+    loaders.set_epoch(epoch)
+    return list(loaders.train) + list(loaders.val)
+
+
+def test_dataset_info_round_trips_through_json_to_the_same_batches(tmp_path):
+    make_tree(tmp_path, {"train": {"a": 60, "b": 60}, "val": {"a": 10, "b": 10}})
+    write_corrupt(
+        tmp_path / "train" / "b" / "zz_bad.png", "garbage"
+    )  # 1 of 141: listed, left out of the index
+    cfg = folder_cfg(tmp_path)
+    info = prepare_data(cfg)
+    assert len(info.corrupt_files) == 1 and (info.train_size, info.val_size) == (120, 20)
+    d = json.loads(json.dumps(info.to_dict()))
+    assert str(tmp_path) not in json.dumps(d["files"])  # names, not absolute paths
+    again = DatasetInfo.from_dict(d)
+    assert again == info and hash(again) == hash(info)
+    for epoch, rank in ((0, 0), (1, 1)):
+        for (x, y), (x2, y2) in zip(
+            batches_of(cfg, info, epoch, rank), batches_of(cfg, again, epoch, rank), strict=True
+        ):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    synthetic = prepare_data(DataConfig(backend="synthetic"))
+    assert DatasetInfo.from_dict(json.loads(json.dumps(synthetic.to_dict()))) == synthetic
+
+
+def test_samples_are_paths_relative_to_the_root_in_label_order(tmp_path):
+    make_tree(tmp_path, {"train": {"a": 2, "b": 1}, "val": {"a": 1, "b": 1}})
+    info = prepare_data(folder_cfg(tmp_path))
+    assert info.samples("train") == [("train/a/000.png", 0), ("train/a/001.png", 0), ("train/b/000.png", 1)]
+    assert info.samples("val") == [("val/a/000.png", 0), ("val/b/000.png", 1)]
+
+
+@pytest.mark.parametrize("backend", ["imagefolder", "shapes"])
+def test_build_loaders_lists_no_directory(tmp_path, monkeypatch, backend):
+    monkeypatch.setattr(shapes, "SHAPES_PER_CLASS", {"train": 3, "val": 2})
+    if backend == "imagefolder":
+        make_tree(tmp_path, TWO_CLASSES)
+        cfg = folder_cfg(tmp_path)
+    else:
+        cfg = DataConfig(backend="shapes", data_dir=str(tmp_path / "shapes"), image_size=8, workers=0)
+    listings = []
+    list_dir = imagefolder.list_dir
+    monkeypatch.setattr(
+        imagefolder, "list_dir", lambda path, **kw: listings.append(path) or list_dir(path, **kw)
+    )
+    info = prepare_data(cfg)
+    assert listings  # the preflight lists the tree (through the counted function)
+    listings.clear()
+    for rank in (0, 1):
+        loaders = build_loaders(cfg, info, micro_batch=2, rank=rank, world_size=2)
+        loaders.set_epoch(1)
+        assert list(loaders.train) and list(loaders.val)
+    assert listings == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry: the backend names are declared once, and each name is one module with the one signature
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_backend_has_the_signature_and_is_accepted_by_specs_and_grids(tmp_path, name):
+    module = backend(name)
+    assert callable(module.preflight) and callable(module.loaders) and 0 < module.MIN_CROP_SCALE <= 1
+    assert default_min_crop_scale(name) == module.MIN_CROP_SCALE
+    assert RunSpec(dataset=name, data_dir="/data").dataset == name
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "name: t\ndefaults: {width: 8, small_stem: true, image_size: 32}\n"
+        f"points: [{{dataset: {name}, data_dir: /data}}]\n"
+    )
+    assert [s.dataset for s in load_grid(grid).specs] == [name]
+
+
+def test_spec_grid_and_preflight_refuse_an_unregistered_name_listing_exactly_the_registry(tmp_path):
+    accepted = f"accepted: {', '.join(NAMES)}"
+    assert accepted == "accepted: synthetic, imagefolder, shapes"  # the order users have always seen
+    with pytest.raises(UserError, match=accepted):
+        RunSpec(dataset="cifar")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: t\npoints: [{dataset: cifar}]\n")
+    with pytest.raises(UserError, match=accepted):
+        load_grid(grid)
+    with pytest.raises(UserError, match=accepted):
+        prepare_data(DataConfig(backend="cifar"))
+
+
+def test_data_config_takes_each_backends_own_crop_bound():
+    assert data_config(RunSpec(dataset="shapes")).min_crop_scale == shapes.MIN_CROP_SCALE == 0.5
+    assert data_config(RunSpec(dataset="imagefolder", data_dir="/d")).min_crop_scale == 0.08
+    assert data_config(RunSpec(dataset="shapes", min_crop_scale=0.3)).min_crop_scale == 0.3
+    cfg = data_config(RunSpec(dataset="synthetic", image_size=64, loader_workers=0, seed=3))
+    assert (cfg.backend, cfg.image_size, cfg.workers, cfg.seed) == ("synthetic", 64, 0, 3)

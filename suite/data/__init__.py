@@ -1,8 +1,8 @@
 """Data backends behind one signature: synthetic tensors, the ImageNet folder layout, and a generated shapes set.
 
-`preflight.prepare_data` is the preflight: it decides every "your data is wrong" case as a one-line `UserError`
-before a model is built, and returns a `config.DatasetInfo` that carries what ranks need (for image folders: the
-whole index), so the dataset is listed and checked once per run. `loaders.build_loaders` then gives each rank
+`preflight.prepare_data` is the preflight: it decides every "your data is wrong" case as a one-line
+`UserError` before a model is built, and returns a `config.DatasetInfo` that carries what ranks need (for
+image folders: the whole index), so the dataset is listed and checked once per run. `loaders.build_loaders` then gives each rank
 its micro-batches from that index: a disjoint, reshuffled-per-epoch shard of the training split and a disjoint
 shard of the validation split that, summed over ranks, counts every image exactly once.
 

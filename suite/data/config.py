@@ -1,5 +1,5 @@
-"""What the data side is asked for (`DataConfig`, derived from a run spec by `data_config`) and what the preflight
-found (`DatasetInfo`, which travels to every rank so that none lists or checks the data again)."""
+"""What the data side is asked for (`DataConfig`, derived from a run spec by `data_config`) and what the
+preflight found (`DatasetInfo`, which travels to every rank so that none lists or checks the data again)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class DataConfig:
     min_crop_scale: float = IMAGENET_MIN_CROP_SCALE  # RandomResizedCrop scale lower bound
     seed: int = 0
     # About this many images are decoded by the preflight (all of them in smaller sets), in proportion over
-    # every class of both splits: listing ImageNet takes seconds, decoding all 1.33 M files would take an hour.
-    # A bad file outside the sample is skipped at load time and counted in `Loaders.skipped`.
+    # every class of both splits: listing ImageNet takes seconds, decoding all 1.33 M files would take an
+    # hour. A bad file outside the sample is skipped at load time and counted in `Loaders.skipped`.
     verify_limit: int = 4096
 
 
@@ -50,7 +50,7 @@ def data_config(spec: RunSpec) -> DataConfig:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the preflight found, and everything a rank needs to load it: `build_loaders` never lists a directory.
+    """What the preflight found, and everything a rank needs to load it (`build_loaders` lists no directory).
 
     Travels to Ray workers and ranks with the run's config as a plain, JSON-safe dict (`to_dict`/`from_dict`).
     """
@@ -62,8 +62,8 @@ class DatasetInfo:
     val_size: int
     corrupt_files: tuple[str, ...]  # files found undecodable in the preflight (skipped)
     classes: tuple[str, ...] = ()  # class folder names in label order (empty for synthetic)
-    # The folder index (empty for synthetic), corrupt files excluded: per split in SPLITS order, per label, the
-    # sorted file names inside <root>/<split>/<class>/. Names rather than paths keep it compact: ImageNet's
+    # The folder index (empty for synthetic), corrupt files excluded: per split in SPLITS order, per label,
+    # the sorted file names inside <root>/<split>/<class>/. Names rather than paths keep it compact: ImageNet's
     # 1.33 M images are about 30 MB as JSON.
     files: tuple[tuple[tuple[str, ...], ...], ...] = ()
 

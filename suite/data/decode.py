@@ -1,9 +1,9 @@
 """The image pipeline: decode and crop one image, the standard ImageNet recipe in one fused step.
 
 The recipe is Goyal et al. 2017 ("Accurate, Large Minibatch SGD"; torchvision's
-`references/classification/presets.py`): RandomResizedCrop + horizontal flip for training, Resize(size·256/224)
-+ CenterCrop for evaluation, ImageNet mean/std normalisation (done per batch, by the loaders' collate). Here the
-crop box is drawn from the header's size alone, the JPEG is decoded at the largest DCT reduction that still
+`references/classification/presets.py`): RandomResizedCrop + horizontal flip for training,
+Resize(size·256/224) + CenterCrop for evaluation, ImageNet mean/std normalisation (done per batch, by the
+loaders' collate). Here the crop box is drawn from the header's size alone, the JPEG is decoded at the largest DCT reduction that still
 leaves the box at least as large as the output (`Image.draft`), and the box is resized straight to the output.
 Same distribution of images, a fraction of the decode work.
 """
@@ -27,8 +27,8 @@ EVAL_RESIZE_RATIO = 256 / 224
 CROP_RATIO = (3 / 4, 4 / 3)
 IMAGENET_MIN_CROP_SCALE = 0.08
 
-# What PIL raises for a file it cannot decode: unidentified or truncated data (OSError, which also covers a file
-# that vanished or became unreadable since the preflight), broken headers (SyntaxError, ValueError, EOFError),
+# What PIL raises for a file it cannot decode: unidentified or truncated data (OSError, which also covers a
+# file that vanished or became unreadable since the preflight), broken headers (SyntaxError, ValueError, EOFError),
 # absurd sizes (DecompressionBombError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 

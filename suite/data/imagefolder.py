@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from suite.data.config import SPLITS, DataConfig, DatasetInfo
 from suite.data.decode import DECODE_ERRORS, IMAGENET_MIN_CROP_SCALE, load_image
-from suite.data.loaders import Counted, Counter, EpochTagged, Loaders, data_loader
+from suite.data.loaders import Counted, EpochTagged, Loaders, SkipCounter, data_loader
 from suite.data.preflight import find_corrupt
 from suite.errors import UserError, check
 
@@ -33,7 +33,7 @@ def preflight(cfg: DataConfig) -> DatasetInfo:
 
 
 def preflight_folder(root: Path, cfg: DataConfig) -> DatasetInfo:
-    """Scan the folder at `root`, decode a sample of it and describe it, index included (corrupt files out)."""
+    """Scan the folder at `root`, decode a sample of it, describe it: index included, corrupt files out."""
     classes, files = scan_image_folder(root)
     check(
         cfg.num_classes is None or cfg.num_classes == len(classes),
@@ -142,15 +142,15 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
     # Validation: rank r takes r, r+W, r+2W, …: every image exactly once across ranks, with no padding (the
     # DistributedSampler would repeat images to even out the shards and bias the accuracy).
     val_keys = [(i, 0) for i in range(rank, len(val_set), world_size)]
-    counter = Counter()
+    counter = SkipCounter()
     train = Counted(data_loader(train_set, sampler, micro_batch, cfg, drop_last=True), counter)
     val = Counted(data_loader(val_set, val_keys, micro_batch, cfg, drop_last=False), counter)
     return Loaders(train, val, set_epoch=sampler.set_epoch, skipped=counter)
 
 
 class FolderDataset(Dataset):
-    """(path relative to `root`, label) pairs decoded with the standard recipe; an undecodable or vanished file
-    gives `None` (skipped and counted by the collate function) instead of killing the run hours in."""
+    """(path relative to `root`, label) pairs decoded with the standard recipe; an undecodable or vanished
+    file gives `None` (skipped and counted by the collate function) instead of killing the run hours in."""
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from suite.data.registry import backend
 from suite.errors import check
 
 
-class Counter:
+class SkipCounter:
     value = 0
 
 
@@ -25,13 +25,14 @@ class Loaders:
 
     `train` and `val` are re-iterable and yield `(images float32 NCHW, labels int64)`; `len(train)` is the
     number of steps per epoch. `skipped` counts images this rank dropped at load time because they failed to
-    decode or had vanished (DataLoader workers are separate processes, so each batch carries its own count here).
+    decode or had vanished (DataLoader workers are separate processes, so each batch carries its own count
+    here).
     """
 
     def __init__(self, train, val, *, set_epoch: Callable[[int], None] | None = None, skipped=None):
         self.train, self.val = train, val
         self._set_epoch = set_epoch
-        self._skipped = Counter() if skipped is None else skipped
+        self._skipped = SkipCounter() if skipped is None else skipped
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle (and re-draw the augmentation of) the training split deterministically for `epoch`."""
@@ -100,7 +101,7 @@ class Counted:
     """A DataLoader whose batches carry the number of images dropped: yields plain `(images, labels)` and adds
     the drops to this rank's counter."""
 
-    def __init__(self, loader: DataLoader, counter: Counter):
+    def __init__(self, loader: DataLoader, counter: SkipCounter):
         self.loader, self.counter = loader, counter
 
     def __len__(self) -> int:

@@ -27,8 +27,8 @@ def prepare_data(cfg: DataConfig) -> DatasetInfo:
 
     Idempotent, and safe when several processes call it at once (the only write is the shapes set, published
     by an atomic rename). Raises `UserError` for an unknown backend, a missing, empty or unreadable data
-    directory, a broken ImageFolder layout, a `num_classes` mismatch and too many corrupt images; a few corrupt
-    images are listed in `corrupt_files` and left out of the index.
+    directory, a broken ImageFolder layout, a `num_classes` mismatch and too many corrupt images; a few
+    corrupt images are listed in `corrupt_files` and left out of the index.
     """
     check_config(cfg)
     return backend(cfg.backend).preflight(cfg)
