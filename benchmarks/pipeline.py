@@ -12,10 +12,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision import datasets, transforms
 
 from benchmarks.session import REQUEST_TIMEOUT_S, Session
 from benchmarks.stats import Goal, check, interleave, paired_ratios, result, spread
+from suite.data.config import DataConfig
+from suite.data.decode import IMAGENET_MEAN, IMAGENET_STD
+from suite.data.loaders import build_loaders
+from suite.data.preflight import prepare_data
+from suite.spec import RunSpec
 
 GOAL = Goal(">=", 1.0)
 DATA_WAIT_GOAL = Goal("<=", 0.05)
@@ -53,8 +60,6 @@ def _rate(loader, batches: int, workers: int) -> float:
 
 
 def suite_rate(root: Path, *, size: int, batch: int, batches: int, epoch: int) -> float:
-    from suite.data import DataConfig, build_loaders, prepare_data
-
     cfg = DataConfig(backend="imagefolder", data_dir=str(root), image_size=size, workers=1)
     loaders = build_loaders(cfg, prepare_data(cfg), micro_batch=batch, rank=0, world_size=1)
     loaders.set_epoch(epoch)
@@ -63,11 +68,6 @@ def suite_rate(root: Path, *, size: int, batch: int, batches: int, epoch: int) -
 
 def torchvision_rate(root: Path, *, size: int, batch: int, batches: int) -> float:
     """torchvision's ImageFolder with the reference training transforms and DataLoader defaults."""
-    import torch
-    from torchvision import datasets, transforms
-
-    from suite.data import IMAGENET_MEAN, IMAGENET_STD
-
     transform = transforms.Compose(
         [
             transforms.RandomResizedCrop(size),
@@ -92,7 +92,7 @@ def data_pipeline(session: Session) -> dict:
         preset.repetitions,
     )
     # The data-wait fraction of a real training run: the suite's default loader settings (RunSpec's
-    # loader_workers and the DataLoader settings in suite/data.py) on the bundled shapes set.
+    # loader_workers and the DataLoader settings in suite/data/loaders.py) on the bundled shapes set.
     spec = preset.train_spec(
         dataset="shapes",
         steps_per_epoch=preset.warmup_steps + preset.data_wait_timed_steps,
@@ -102,8 +102,6 @@ def data_pipeline(session: Session) -> dict:
     session.log("data_pipeline: training run with the default loader settings")
     runs = [suite.request("run", REQUEST_TIMEOUT_S, spec=spec) for _ in range(preset.data_wait_runs)]
     waits = [r["data_wait_frac"] for r in runs]
-    from suite.spec import RunSpec
-
     return result(
         paired_ratios(ours, theirs),
         GOAL,

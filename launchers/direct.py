@@ -15,10 +15,11 @@ from pathlib import Path
 
 from suite.config import load_run_spec, parse_overrides
 from suite.context import RunContext
-from suite.data import prepare_data
+from suite.data.config import data_config
+from suite.data.preflight import prepare_data
 from suite.distributed import shutdown
 from suite.results import check_results_dir
-from suite.run import data_config, run
+from suite.run import run
 from suite.spec import RunSpec
 
 # Must match slurm/ray-grid.sbatch (RB_RAY_PORT_BASE's default and JOB_BLOCK).

@@ -11,10 +11,10 @@ from launchers.grid import Grid, load_grid
 from launchers.plan import plan_table, summary_table
 from launchers.progress import GridProgress
 from launchers.ray_grid import run_grid
-from suite.data import prepare_data
+from suite.data.config import data_config
+from suite.data.preflight import prepare_data
 from suite.report import build_report
 from suite.results import check_results_dir, finished_run_ids, read_runs
-from suite.run import data_config
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"
 

@@ -8,7 +8,7 @@ import torch
 from rich.table import Table
 
 from launchers.grid import Grid
-from suite.data import DatasetInfo
+from suite.data.config import DatasetInfo
 from suite.models import build_model, count_flops
 from suite.peaks import PLANNING_GPU, PLANNING_PRECISION, device_info, planning_peak
 from suite.spec import RunSpec

@@ -20,7 +20,9 @@ import torch
 
 from suite import measure
 from suite.context import RunContext
-from suite.data import DataConfig, DatasetInfo, build_loaders, default_min_crop_scale, prepare_data
+from suite.data.config import DatasetInfo, data_config
+from suite.data.loaders import build_loaders
+from suite.data.preflight import prepare_data
 from suite.distributed import Placement, all_reduce_sum, gather_objects, setup
 from suite.models import build_model, count_flops, count_params, purge_closest_to_identity, rebuild_without
 from suite.peaks import device_info
@@ -28,21 +30,6 @@ from suite.results import write_run
 from suite.row import Measured, run_row
 from suite.spec import RunSpec
 from suite.trainer import Diverged, Trainer, TrainState, evaluate
-
-
-def data_config(spec: RunSpec) -> DataConfig:
-    return DataConfig(
-        backend=spec.dataset,
-        data_dir=spec.data_dir,
-        image_size=spec.image_size,
-        num_classes=spec.num_classes,
-        workers=spec.loader_workers,
-        seed=spec.seed,
-        # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
-        min_crop_scale=(
-            default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale
-        ),
-    )
 
 
 def _attempt(

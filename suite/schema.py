@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from suite.data import registry as data_backends
 from suite.vocab import ARCHS, LAUNCHERS, PRECISIONS, STATUSES, VARIANT_DOCS, VARIANTS, ZERO_STAGES, one_of
 
 SCHEMA_VERSION = 1
@@ -56,7 +57,7 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
             Column("width", pa.int32(), "base width (64 in the papers)", False),
             Column("image_size_px", pa.int32(), "training/eval input side in pixels", False),
             Column("num_classes", pa.int32(), "classifier outputs", False),
-            Column("dataset", pa.string(), "data backend: synthetic | imagefolder | shapes", False),
+            Column("dataset", pa.string(), f"data backend: {one_of(data_backends.NAMES)}", False),
         ),
     ),
     (

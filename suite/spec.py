@@ -10,12 +10,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
+from suite.data import registry as data_backends
 from suite.errors import UserError, check, suggest
 from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
 from suite.results import check_name
 from suite.vocab import LAUNCHERS, PRECISIONS, SCHEDULES, VARIANTS, ZERO_STAGES
-
-DATASETS = ("synthetic", "imagefolder", "shapes")
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,10 @@ class RunSpec:
             self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be ≥ 1 or null"
         )
         check_image_size(self.image_size, small_stem=self.small_stem)
-        check(self.dataset in DATASETS, f"dataset {self.dataset!r} unknown; accepted: {', '.join(DATASETS)}")
+        check(
+            self.dataset in data_backends.NAMES,
+            f"dataset {self.dataset!r} unknown; accepted: {', '.join(data_backends.NAMES)}",
+        )
         check(
             self.dataset != "imagefolder" or bool(self.data_dir),
             "dataset 'imagefolder' needs data_dir (a directory with train/ and val/)",

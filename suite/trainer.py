@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from suite import faults, measure
 from suite.checkpoint import weights_only_engine
 from suite.context import RunContext
-from suite.data import Loaders
+from suite.data.loaders import Loaders
 from suite.distributed import Placement, all_reduce_sum
 from suite.models import ResNet, split_outputs
 from suite.optim import Schedule, param_groups

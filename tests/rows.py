@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from suite.spec import RunSpec
 from suite.row import failure_row
+from suite.spec import RunSpec
 
 
 def ok_row(spec: RunSpec, **overrides) -> dict:

@@ -41,6 +41,7 @@ import launchers.driver  # noqa: F401
 import suite.run  # noqa: F401
 from resnet_bench import main
 from suite.results import read_runs
+from tests.data_trees import drop_dac_capabilities
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,12 +59,6 @@ class Outcome:
     @property
     def lines(self) -> list[str]:
         return [line for line in self.err.splitlines() if line.strip()]
-
-
-def _drop_dac_capabilities() -> None:
-    from tests.test_data import _drop_dac_capabilities as drop
-
-    drop()
 
 
 def cli(
@@ -92,7 +87,7 @@ def cli(
             sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
             os.environ.update(env or {})
             if ordinary_user and os.geteuid() == 0:
-                _drop_dac_capabilities()
+                drop_dac_capabilities()
             try:
                 code = main(list(argv))
             except SystemExit as e:  # argparse

@@ -156,7 +156,9 @@ def test_results_dir_that_is_a_file(tmp_path):
 
 EXACTLY_ONCE = """
 import os, sys, torch, torch.distributed as dist
-from suite.data import DataConfig, build_loaders, prepare_data
+from suite.data.config import DataConfig
+from suite.data.loaders import build_loaders
+from suite.data.preflight import prepare_data
 from suite.distributed import setup, shutdown
 from suite.trainer import evaluate
 placement = setup()

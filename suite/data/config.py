@@ -1,0 +1,103 @@
+"""What the data side is asked for (`DataConfig`, derived from a run spec by `data_config`) and what the
+preflight found (`DatasetInfo`, which travels to every rank so that none lists or checks the data again)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from suite.data.decode import IMAGENET_MIN_CROP_SCALE
+from suite.data.registry import default_min_crop_scale
+from suite.spec import RunSpec
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    backend: str = "shapes"
+    # imagefolder: root holding train/<class>/*.JPEG and val/<class>/*.JPEG; shapes: where the generated set
+    # lives (None: `$RESNET_BENCH_DATA/shapes-v2`, else `~/.cache/resnet-bench/shapes-v2`).
+    data_dir: str | None = None
+    image_size: int = 32
+    # synthetic: default 10; shapes: fixed by the generator; imagefolder: from the folders (must match if given)
+    num_classes: int | None = None
+    synthetic_train_size: int = 1024  # samples per epoch for the synthetic backend
+    synthetic_val_size: int = 256
+    workers: int = 2  # DataLoader worker processes per rank (0 = in-process)
+    min_crop_scale: float = IMAGENET_MIN_CROP_SCALE  # RandomResizedCrop scale lower bound
+    seed: int = 0
+    # About this many images are decoded by the preflight (all of them in smaller sets), in proportion over
+    # every class of both splits: listing ImageNet takes seconds, decoding all 1.33 M files would take an
+    # hour. A bad file outside the sample is skipped at load time and counted in `Loaders.skipped`.
+    verify_limit: int = 4096
+
+
+def data_config(spec: RunSpec) -> DataConfig:
+    """The data side of a run spec."""
+    return DataConfig(
+        backend=spec.dataset,
+        data_dir=spec.data_dir,
+        image_size=spec.image_size,
+        num_classes=spec.num_classes,
+        workers=spec.loader_workers,
+        seed=spec.seed,
+        # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
+        min_crop_scale=(
+            default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the preflight found, and everything a rank needs to load it (`build_loaders` lists no directory).
+
+    Travels to Ray workers and ranks with the run's config as a plain, JSON-safe dict (`to_dict`/`from_dict`).
+    """
+
+    backend: str
+    root: str | None
+    num_classes: int
+    train_size: int
+    val_size: int
+    corrupt_files: tuple[str, ...]  # files found undecodable in the preflight (skipped)
+    classes: tuple[str, ...] = ()  # class folder names in label order (empty for synthetic)
+    # The folder index (empty for synthetic), corrupt files excluded: per split in SPLITS order, per label,
+    # the sorted file names inside <root>/<split>/<class>/. Names rather than paths keep it compact: ImageNet's
+    # 1.33 M images are about 30 MB as JSON.
+    files: tuple[tuple[tuple[str, ...], ...], ...] = ()
+
+    def samples(self, split: str) -> list[tuple[str, int]]:
+        """`split`'s (path relative to `root`, label) pairs, in the order every rank indexes them."""
+        groups = self.files[SPLITS.index(split)]
+        return [
+            (f"{split}/{self.classes[label]}/{name}", label)
+            for label, names in enumerate(groups)
+            for name in names
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "root": self.root,
+            "num_classes": self.num_classes,
+            "train_size": self.train_size,
+            "val_size": self.val_size,
+            "corrupt_files": list(self.corrupt_files),
+            "classes": list(self.classes),
+            "files": {SPLITS[i]: [list(names) for names in groups] for i, groups in enumerate(self.files)},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetInfo:
+        files = d["files"]
+        return cls(
+            backend=d["backend"],
+            root=d["root"],
+            num_classes=d["num_classes"],
+            train_size=d["train_size"],
+            val_size=d["val_size"],
+            corrupt_files=tuple(d["corrupt_files"]),
+            classes=tuple(d["classes"]),
+            files=tuple(tuple(tuple(names) for names in files[split]) for split in SPLITS) if files else (),
+        )
