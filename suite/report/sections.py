@@ -6,7 +6,19 @@ from collections import Counter
 from datetime import datetime
 
 from suite.report import compare
-from suite.report.data import OLYMPIC_MIN, REPEAT_KEYS, Config, Inputs
+from suite.report.cells import (
+    MODEL_HEADERS,
+    SPEED_HEADERS,
+    STATS_NOTE,
+    config_table,
+    model_row,
+    runs_cell,
+    shared_setup,
+    speed_row,
+    varying_keys,
+    where,
+)
+from suite.report.data import OLYMPIC_MIN, Config, Inputs
 from suite.report.document import (
     DASH,
     OLYMPIC_MARK,
@@ -22,157 +34,6 @@ from suite.report.document import (
     fmt_stat,
 )
 from suite.vocab import depth_title
-
-# Spec keys already shown by a configuration's label; the "setup" column shows the other keys that vary.
-LABEL_KEYS = ("arch", "variant", "epsilon", "purge_blocks", "finetune_epochs", *REPEAT_KEYS)
-STATS_NOTE = (
-    "Numbers are over the `status = ok` runs of a configuration: the mean ± the sample standard deviation "
-    f"(no ± for a single run or when every run recorded the same value); with ≥ {OLYMPIC_MIN} runs the olympic mean (minimum and maximum dropped) and "
-    f"the deviation of the remaining runs, marked {OLYMPIC_MARK}."
-)
-
-
-def where(c: Config, many_grids: bool) -> str:
-    """A short description of how a configuration ran, to tell configurations with one label apart."""
-    text = f"{c.world_size} dev · batch {fmt_int(c.global_batch)} · {c.launcher}"
-    return f"{c.grid} · {text}" if many_grids else text
-
-
-def runs_cell(c: Config) -> str:
-    others = [f"+{n} {s}" for s, n in sorted(c.status_counts.items()) if s != "ok"]
-    if c.world_size_changed_runs:
-        others.append(f"{c.world_size_changed_runs} resized ⚠")
-    return f"{len(c.ok_runs)} ({', '.join(others)})" if others else str(len(c.ok_runs))
-
-
-# ----------------------------------------------------------------------------------------------------------
-def _varying_keys(configs: list[Config]) -> list[str]:
-    keys = sorted({k for c in configs for k in c.spec} - set(LABEL_KEYS))
-    return [k for k in keys if len({repr(c.spec.get(k)) for c in configs}) > 1]
-
-
-def _setup(c: Config, varying: list[str]) -> str:
-    parts = []
-    if "nodes" in varying or "devices_per_node" in varying:
-        shape = f" ({c.nodes}×{c.devices_per_node})" if c.nodes > 1 else ""
-        parts.append(f"{c.world_size} dev{shape}")
-    named = {"micro_batch": "micro-batch", "grad_accum": "accumulation"}
-    for key in varying:
-        if key in ("nodes", "devices_per_node"):
-            continue
-        if key == "launcher":
-            parts.append(c.launcher)
-        elif key in named:
-            parts.append(f"{named[key]} {c.spec.get(key)}")
-        else:
-            parts.append(f"{key} {c.spec.get(key)}")
-    return ", ".join(parts)
-
-
-def _shared(configs: list[Config]) -> str:
-    """What every configuration of a table has in common, so the table need not repeat it."""
-    facts = []
-    for text in (
-        {f"{c.world_size} devices" for c in configs},
-        {f"global batch {fmt_int(c.global_batch)}" for c in configs},
-        {f"launcher {c.launcher}" for c in configs},
-        {f"{c.spec.get('precision')}" for c in configs if c.spec.get("precision")},
-        {f"{c.spec.get('dataset')} data" for c in configs if c.spec.get("dataset")},
-        {f"{c.spec.get('image_size')} px" for c in configs if c.spec.get("image_size")},
-        {f"{c.spec.get('epochs')} epochs" for c in configs if c.spec.get("epochs")},
-        {f"target top-1 {fmt_num(c.target_top1, 1, 100)} %" for c in configs if c.target_top1 is not None},
-    ):
-        if len(text) == 1:
-            facts.append(next(iter(text)))
-    return ", ".join(facts)
-
-
-def _time_to_target(c: Config) -> str:
-    if c.target_top1 is None:
-        return "no target"
-    if c.time_to_target_s.n == 0:
-        return "not reached"
-    text = fmt_stat(c.time_to_target_s, 0)
-    return (
-        text
-        if c.time_to_target_s.n == len(c.ok_runs)
-        else f"{text} ({c.time_to_target_s.n} of {len(c.ok_runs)})"
-    )
-
-
-def _blocks(c: Config) -> str:
-    total = DASH if c.blocks_total is None else str(c.blocks_total)
-    return f"{fmt_exact_or_stat(c.blocks_discarded, 1)} / {total}"
-
-
-def _per_stage(c: Config) -> str:
-    if not c.blocks_discarded_per_stage:
-        return DASH
-    return "/".join(
-        fmt_num(s.mean, 0 if s.mean is None or float(s.mean).is_integer() else 1)
-        for s in c.blocks_discarded_per_stage
-    )
-
-
-MODEL_HEADERS = (
-    "configuration",
-    "setup",
-    "runs",
-    "params total",
-    "params active",
-    "Δ active",
-    "blocks discarded",
-    "per stage",
-    "GFLOPs / image",
-    "top-1 (%)",
-    "top-5 (%)",
-)
-SPEED_HEADERS = (
-    "configuration",
-    "setup",
-    "runs",
-    "images/s",
-    "images/s per device",
-    "MFU (%)",
-    "time to target (s)",
-)
-
-
-def model_row(c: Config, varying: list[str]) -> tuple[str, ...]:
-    return (
-        c.label,
-        _setup(c, varying),
-        runs_cell(c),
-        fmt_exact_or_stat(c.params_total, 0),
-        fmt_exact_or_stat(c.params_active, 0),
-        fmt_pct(c.params_active_delta_pct, 1, signed=True),
-        _blocks(c),
-        _per_stage(c),
-        fmt_stat(c.flops_per_image, 3, 1e-9),  # 3 places: CPU-scale networks are ~0.01
-        fmt_stat(c.top1, 2, 100),
-        fmt_stat(c.top5, 2, 100),
-    )
-
-
-def speed_row(c: Config, varying: list[str]) -> tuple[str, ...]:
-    return (
-        c.label,
-        _setup(c, varying),
-        runs_cell(c),
-        fmt_stat(c.images_per_s, 0),
-        fmt_stat(c.images_per_s_per_device, 1),
-        fmt_stat(c.mfu, 1, 100),
-        _time_to_target(c),
-    )
-
-
-def _table(
-    title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]], varying: list[str], notes
-) -> Table:
-    if not varying:  # nothing but the label tells the rows apart: drop the empty setup column
-        headers = headers[:1] + headers[2:]
-        rows = [r[:1] + r[2:] for r in rows]
-    return Table(headers, tuple(rows), "ll" + "r" * (len(headers) - 2), tuple(notes), title)
 
 
 def headline(configs: list[Config], inputs: Inputs) -> Section:
@@ -205,7 +66,7 @@ def headline(configs: list[Config], inputs: Inputs) -> Section:
     many_grids = len({c.grid for c in ok}) > 1
     for (grid, arch), members in _by_depth(ok).items():
         title = depth_title(arch) + (f" ({grid})" if many_grids else "")
-        varying = _varying_keys(members)
+        varying = varying_keys(members)
         notes = []
         if any(s.olympic for c in members for s in (c.top1, c.images_per_s)):
             notes.append(
@@ -216,13 +77,13 @@ def headline(configs: list[Config], inputs: Inputs) -> Section:
         if any(c.world_size_changed_runs for c in members):
             notes.append("⚠ resized: a run that resumed with a different world size (`world_size_changed`).")
         section.blocks.append(Heading(title))
-        shared = _shared(members)
+        shared = shared_setup(members)
         if shared:
             section.blocks.append(Paragraph(f"Every row: {shared}."))
         model = [model_row(c, varying) for c in members]
         speed = [speed_row(c, varying) for c in members]
-        section.blocks.append(_table("Size and accuracy", MODEL_HEADERS, model, varying, ()))
-        section.blocks.append(_table("Training throughput", SPEED_HEADERS, speed, varying, notes))
+        section.blocks.append(config_table("Size and accuracy", MODEL_HEADERS, model, varying, ()))
+        section.blocks.append(config_table("Training throughput", SPEED_HEADERS, speed, varying, notes))
     return section
 
 
