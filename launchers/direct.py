@@ -16,10 +16,9 @@ from pathlib import Path
 from suite.config import load_run_spec, parse_overrides
 from suite.context import RunContext
 from suite.data.config import data_config
-from suite.data.preflight import prepare_data
-from suite.distributed import shutdown
+from suite.distributed import setup, shutdown
 from suite.results import check_results_dir
-from suite.run import run
+from suite.run import prepare_data_once, run
 from suite.spec import RunSpec
 
 # Must match slurm/ray-grid.sbatch (RB_RAY_PORT_BASE's default and JOB_BLOCK).
@@ -99,7 +98,9 @@ def launch_spec(spec: RunSpec) -> RunSpec:
 def run_one(spec: RunSpec, results: str | Path, checkpoint_dir: str | None = None) -> dict:
     """Run `spec` (already passed through `launch_spec`) on this process's ranks; rank 0 writes the row.
 
-    With `checkpoint_dir`, each epoch is checkpointed there and a relaunch resumes from the latest one.
+    Rank 0 checks the data first (a `UserError` on every rank if it is bad, before anything is written) and
+    the ranks share its description. With `checkpoint_dir`, each epoch is checkpointed there and a relaunch
+    resumes from the latest one.
     """
     os.environ.update(rank_env_from_slurm(dict(os.environ)))
     resume = checkpoint_dir if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists() else None
@@ -109,7 +110,9 @@ def run_one(spec: RunSpec, results: str | Path, checkpoint_dir: str | None = Non
         provenance={"slurm_job_id": os.environ.get("SLURM_JOB_ID")},
     )
     try:
-        return run(spec, results, context)
+        setup()
+        info = prepare_data_once(data_config(spec))
+        return run(spec, results, context, info=info)
     finally:
         shutdown()
 
@@ -117,9 +120,8 @@ def run_one(spec: RunSpec, results: str | Path, checkpoint_dir: str | None = Non
 def run_one_command(config: str, *, overrides: list[str], results: str, checkpoint_dir: str | None) -> int:
     """`resnet-bench run-one`: exit 0 for an `ok` row, 1 for another status (its reason on stderr)."""
     spec = launch_spec(load_run_spec(config, parse_overrides(overrides)))
-    # Preflight before any process group, model or file: bad input is exit 2 with nothing written.
+    # Before any model or file: bad input is exit 2 with nothing written.
     check_results_dir(results)
-    prepare_data(data_config(spec))
     row = run_one(spec, results, checkpoint_dir)
     if row.get("status") != "ok":
         print(f"resnet-bench run-one: run {row['run_id']} {row['status']}: {row['error']}", file=sys.stderr)

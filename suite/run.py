@@ -17,13 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from suite import measure
 from suite.context import RunContext
-from suite.data.config import DatasetInfo, data_config
+from suite.data.config import DataConfig, DatasetInfo, data_config
 from suite.data.loaders import build_loaders
 from suite.data.preflight import prepare_data
-from suite.distributed import Placement, all_reduce_sum, gather_objects, setup
+from suite.distributed import Placement, all_reduce_sum, broadcast_object, gather_objects, setup
+from suite.errors import UserError
 from suite.models import build_model, count_flops, count_params, purge_closest_to_identity, rebuild_without
 from suite.peaks import device_info
 from suite.results import write_run
@@ -133,10 +135,42 @@ def _attempt(
     )
 
 
-def run(spec: RunSpec, results_dir: str | Path, context: RunContext | None = None) -> dict:
+def prepare_data_once(cfg: DataConfig) -> DatasetInfo:
+    """Rank 0 checks the data and every rank receives its description (the process group must exist).
+
+    One directory listing and one sample decode per run instead of one per rank: on a parallel file system,
+    listing ImageNet's 1.33 M files costs minutes. Every rank also indexes the very same file list, which a
+    listing per rank cannot promise. A failure on rank 0 (a `UserError` for bad data) is raised on every rank.
+    """
+    payload = None
+    if dist.get_rank() == 0:
+        try:
+            payload = ("ok", prepare_data(cfg).to_dict())
+        except UserError as e:
+            payload = ("user", str(e))
+        except Exception as e:  # the other ranks wait in the broadcast: they must hear of it too
+            payload = ("error", f"{type(e).__name__} on rank 0 while checking the data: {e}")
+    kind, value = broadcast_object(payload)
+    if kind == "user":
+        raise UserError(value)
+    if kind == "error":
+        raise RuntimeError(value)
+    return DatasetInfo.from_dict(value)
+
+
+def run(
+    spec: RunSpec,
+    results_dir: str | Path,
+    context: RunContext | None = None,
+    *,
+    info: DatasetInfo | None = None,
+) -> dict:
     """Run `spec` on the current process group (creating one if needed); every rank returns the row.
 
-    Out-of-memory retries with half the micro-batch and twice the accumulation (global batch kept); NaN loss gives `status = "diverged"`; any other exception `status = "failed"` with its text. Rank 0 writes.
+    `info` is the data as the driver checked it (suite/data); without it rank 0 checks the data here
+    (`prepare_data_once`). Out-of-memory retries with half the micro-batch and twice the accumulation (global
+    batch kept); NaN loss gives `status = "diverged"`; any other exception `status = "failed"` with its text.
+    Rank 0 writes.
     """
     context = context or RunContext()
     started = datetime.now(UTC)
@@ -146,7 +180,7 @@ def run(spec: RunSpec, results_dir: str | Path, context: RunContext | None = Non
     measured, oom_retries, status, error = None, 0, "ok", None
     micro, accum = spec.micro_batch, spec.grad_accum
     try:
-        info = prepare_data(data_config(spec))
+        info = info or prepare_data_once(data_config(spec))
         while measured is None:
             try:
                 measured = _attempt(spec, placement, context, info, micro, accum)
