@@ -70,7 +70,7 @@ def write_token(path: Path) -> Path:
 
 def cluster_env(
     env: Mapping[str, str], *, nodes: list[Node], gcs: str, token: Path, job_dir: Path, cpus: int
-):
+) -> dict[str, str]:
     """The environment of every process of the job's cluster: its nodes, the driver, their clients."""
     out = {k: v for k, v in env.items() if k not in INHERITED_RAY}
     loopback = nodes[0].ip == "127.0.0.1"  # all or none: launchers/slurm.py order_nodes
