@@ -18,6 +18,8 @@ from rich.table import Table
 
 from benchmarks.runner import bench_command
 from launchers.direct import run_one_command
+from launchers.slurm import one_config_job
+from launchers.slurm_ray import grid_job
 from suite.errors import UserError
 from suite.models.catalog import describe_all
 from suite.report import build_report
@@ -95,6 +97,32 @@ def run_cmd(args: argparse.Namespace) -> int:
     from launchers.driver import run_grid_command
 
     return run_grid_command(args.grid, results=args.results, dry_run=args.dry_run)
+
+
+def _slurm_arguments(what: str, passed_on: str) -> Callable[[argparse.ArgumentParser], None]:
+    def arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument(what, help=f"{what} file (relative paths start at the submit directory)")
+        p.add_argument("options", nargs=argparse.REMAINDER, help=f"passed on to `resnet-bench {passed_on}`")
+
+    return arguments
+
+
+@command(
+    "slurm-grid",
+    "what slurm/ray-grid.sbatch calls: a grid on a Ray cluster made of this Slurm job's nodes",
+    _slurm_arguments("grid", "run"),
+)
+def slurm_grid_cmd(args: argparse.Namespace) -> int:
+    return grid_job(args.grid, args.options)
+
+
+@command(
+    "slurm-one",
+    "what slurm/one-config.sbatch calls: one configuration under srun, one rank per Slurm task",
+    _slurm_arguments("config", "run-one"),
+)
+def slurm_one_cmd(args: argparse.Namespace) -> int:
+    return one_config_job(args.config, args.options)
 
 
 def _schema_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,11 +8,12 @@ rank environment (suite/distributed.py).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from launchers.ports import job_port_base
+from launchers.slurm import hostnames
 from suite.config import load_run_spec, parse_overrides
 from suite.context import RunContext
 from suite.data.config import data_config
@@ -20,10 +21,6 @@ from suite.distributed import setup, shutdown
 from suite.results import check_results_dir
 from suite.run import prepare_data_once, run
 from suite.spec import RunSpec
-
-# Must match slurm/ray-grid.sbatch (RB_RAY_PORT_BASE's default and JOB_BLOCK).
-PORT_BASE = 20000
-JOB_PORT_BLOCK = 256
 
 
 def launcher_name(env: dict[str, str]) -> str:
@@ -44,16 +41,6 @@ def cluster_shape(env: dict[str, str]) -> tuple[int, int]:
     return nodes, max(world // nodes, 1)
 
 
-def first_host(nodelist: str) -> str:
-    """First host of a Slurm node list (`node[1-4]` → `node1`), expanded by Slurm's own tool."""
-    out = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30
-    )
-    if out.returncode != 0 or not out.stdout.strip():
-        raise RuntimeError(f"cannot expand Slurm node list {nodelist!r}: {out.stderr.strip()}")
-    return out.stdout.split()[0]
-
-
 def rank_env_from_slurm(env: dict[str, str]) -> dict[str, str]:
     """The standard rank environment for an srun task, unless one is already set."""
     if "RANK" in env or "SLURM_PROCID" not in env:
@@ -63,29 +50,12 @@ def rank_env_from_slurm(env: dict[str, str]) -> dict[str, str]:
         "RANK": env["SLURM_PROCID"],
         "WORLD_SIZE": env["SLURM_NTASKS"],
         "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"]),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or hostnames(env["SLURM_JOB_NODELIST"])[0],
+        # The first port of the job's block (launchers/ports.py), the scheme a Ray grid job's ports follow
+        # too: jobs of either kind sharing a node get different blocks, below the kernel's ephemeral range
+        # where gloo's and NCCL's own kernel-picked ports come from.
         "MASTER_PORT": env.get("MASTER_PORT") or str(job_port_base(job, env)),
     }
-
-
-def job_port_base(job: int, env: dict[str, str]) -> int:
-    """The first port of this job's block: the derivation of `derive_ports` in slurm/ray-grid.sbatch.
-
-    One scheme for both kinds of job means a Ray grid job and a direct job sharing a node get different
-    blocks (as two Ray jobs do), and the rendezvous port stays below the kernel's ephemeral range, where
-    gloo's and NCCL's own kernel-picked ports come from.
-    """
-    base = int(env.get("RB_RAY_PORT_BASE", PORT_BASE))
-    ceiling = ephemeral_port_floor()
-    slots = max(1, (ceiling - base) // JOB_PORT_BLOCK)
-    return base + (job % slots) * JOB_PORT_BLOCK
-
-
-def ephemeral_port_floor() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default floor
 
 
 def launch_spec(spec: RunSpec) -> RunSpec:

@@ -5,6 +5,7 @@ They must be applied before DeepSpeed is imported: DeepSpeed picks its accelerat
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,10 @@ def apply_defaults() -> None:
 
         # Without CUDA DeepSpeed would probe for other accelerators and fail; say "cpu" explicitly.
         os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if os.environ["DS_ACCELERATOR"] == "cpu":
+        # torch.utils.cpp_extension warns on import, in every rank, that a machine with a CUDA toolkit but no
+        # GPU has "no CUDA runtime": expected on a CPU run, and a bad-input error would no longer be one line.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def build_ops() -> str:

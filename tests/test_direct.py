@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from launchers.direct import JOB_PORT_BLOCK, PORT_BASE, ephemeral_port_floor, rank_env_from_slurm
+from launchers.direct import rank_env_from_slurm
+from launchers.ports import JOB_PORT_BLOCK, PORT_BASE, ephemeral_port_floor, job_node_ports
 
 SRUN = {
     "SLURM_PROCID": "3",
@@ -30,9 +31,10 @@ def test_rendezvous_port_is_the_jobs_block_below_the_ephemeral_range():
         job: int(rank_env_from_slurm({**SRUN, "SLURM_JOB_ID": str(job)})["MASTER_PORT"]) for job in range(200)
     }
     assert all(PORT_BASE <= p < floor and (p - PORT_BASE) % JOB_PORT_BLOCK == 0 for p in ports.values())
-    # The same block slurm/ray-grid.sbatch derives for that job id, so jobs of either kind never share one
-    # unless their ids are equal modulo the number of blocks.
+    # The block a Ray grid job with that id gets too (its head's first port), so jobs of either kind never
+    # share one unless their ids are equal modulo the number of blocks.
     assert all(p == PORT_BASE + (job % slots) * JOB_PORT_BLOCK for job, p in ports.items())
+    assert all(p == job_node_ports(job, [0], {})[0].base for job, p in ports.items())
     assert len(set(ports.values())) == min(200, slots)
 
 

@@ -4,8 +4,8 @@ and where a name may write.
 - Listening sockets: no script or default binds Ray, its dashboard or a metrics port on 0.0.0.0 — checked in
   the source (slurm/*.sbatch, launchers/, suite/) and, for a local Ray started by `ray_session`, on the live
   sockets (`ss -ltunp`, only the processes this test started).
-- Token authentication on the Slurm path (slurm/ray-grid.sbatch, when it exists): the token is generated into
-  a private file of mode 0600, never inherited, and a worker node's copy is 0600 too and gone afterwards.
+- Token authentication on the Slurm path (slurm/ray-grid.sbatch → launchers/slurm_ray.py): the token is generated
+  into a private file of mode 0600, never inherited, and a worker node's copy is 0600 too and gone afterwards.
 - Checkpoints: `suite.models.load_model` refuses a pickle that would run code (weights_only=True); DeepSpeed
   0.19.8's `load_checkpoint` does not, so the resume path swaps in a weights-only loader (suite/checkpoint.py).
 - Names: a grid name or run id with `../` or `/` cannot make the writer leave the results directory.
@@ -34,13 +34,15 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from launchers.ports import job_node_ports, job_port_base
+from launchers.slurm import JobLog, SlurmJob, order_nodes
+from launchers.slurm_ray import RayCluster, ray_start, write_token
 from suite.errors import UserError
 from suite.results import check_name, write_run
 from tests.test_bad_input import cli
 
 REPO = Path(__file__).resolve().parent.parent
 SBATCH = sorted((REPO / "slurm").glob("*.sbatch"))
-RAY_GRID_SBATCH = REPO / "slurm" / "ray-grid.sbatch"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,7 +60,8 @@ def shell_code(path: Path) -> list[tuple[int, str]]:
 
 
 def python_sources() -> list[Path]:
-    return sorted(p for d in ("launchers", "suite") for p in (REPO / d).rglob("*.py"))
+    packages = sorted(p for d in ("launchers", "suite", "benchmarks") for p in (REPO / d).rglob("*.py"))
+    return [*packages, REPO / "resnet_bench.py"]
 
 
 def test_no_script_or_default_binds_every_interface():
@@ -239,27 +242,40 @@ def test_resnet_bench_run_from_a_plain_shell_listens_on_loopback_only(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # Token authentication on the Slurm path
 
-needs_sbatch = pytest.mark.skipif(
-    not RAY_GRID_SBATCH.exists(), reason="slurm/ray-grid.sbatch does not exist yet (being written)"
+
+def grid_job_cluster(tmp_path: Path, inherited: dict[str, str], ips=("127.0.0.1", "127.0.0.1")) -> RayCluster:
+    """The Ray cluster a `resnet-bench slurm-grid` job (slurm/ray-grid.sbatch) builds, short of starting it:
+    its token written, its environment and every node's command derived, as grid_job does."""
+    job_dir = tmp_path / "job"
+    job_dir.mkdir(mode=0o700)
+    write_token(job_dir / "auth_token")
+    job = SlurmJob("4242", "node[1-2]", 0, 1, 0, tmp_path)
+    nodes = order_nodes(["node1", "node2"], {n: (n, "vm") for n in ("node1", "node2")},
+                        dict(zip(("node1", "node2"), ips, strict=True)), "node1")  # fmt: skip
+    ports = job_node_ports(4242, [n.slot for n in nodes], {})
+    return RayCluster(job, nodes, ports, job_dir, inherited, JobLog("test"))
+
+
+@pytest.mark.parametrize(
+    "ips", [("127.0.0.1", "127.0.0.1"), ("10.0.0.1", "10.0.0.2")], ids=["loopback", "real"]
 )
-
-
-def shell_function(text: str, name: str) -> str:
-    match = re.search(rf"^{name}\(\) \{{.*?^\}}", text, flags=re.M | re.S)
-    if not match:
-        pytest.skip(f"slurm/ray-grid.sbatch has no function {name}() any more; update this test")
-    return match.group(0)
-
-
-@needs_sbatch
-def test_ray_grid_sbatch_turns_token_authentication_on():
-    text = "\n".join(line for _, line in shell_code(RAY_GRID_SBATCH))
-    assert re.search(r"export\s+RAY_AUTH_MODE=token\b", text), "clients must run in token mode"
-    assert re.search(r"umask 077", text) and "get-auth-token --generate" in text
-    assert re.search(r"unset\s+[^\n]*RAY_AUTH_TOKEN\b", text), "no token inherited from the submitting shell"
-    assert re.search(r"unset\s+[^\n]*RAY_AUTH_TOKEN_PATH\b", text)
-    # The token travels in the environment of the srun step, never on a command line (ps would show it).
-    assert not re.search(r"--(auth-)?token[= ]", text)
+def test_ray_grid_sbatch_turns_token_authentication_on(tmp_path, ips):
+    inherited = {**os.environ, "RAY_AUTH_TOKEN": "inherited", "RAY_AUTH_TOKEN_PATH": "/inherited",
+                 "RAY_ADDRESS": "elsewhere:6379"}  # fmt: skip
+    cluster = grid_job_cluster(tmp_path, inherited, ips)
+    env = cluster.env  # every process of the job: Ray nodes, the driver, the join check
+    assert env["RAY_AUTH_MODE"] == "token", "clients must run in token mode"
+    assert "RAY_AUTH_TOKEN" not in env, "no token inherited from the submitting shell"
+    assert (
+        env["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "job" / "auth_token") != inherited["RAY_AUTH_TOKEN_PATH"]
+    )
+    assert env["RAY_ADDRESS"] != inherited["RAY_ADDRESS"]
+    token = (tmp_path / "job" / "auth_token").read_text()
+    for i, (node, ports) in enumerate(zip(cluster.nodes, cluster.ports, strict=True)):
+        argv, step_env = ray_start(i, node, ports, cluster)
+        # The token travels in the environment of the srun step, never on a command line (ps would show it).
+        assert not [a for a in argv if token in a or re.match(r"--(auth-)?token\b", a)], argv
+        assert step_env.get("RB_NODE_TOKEN") == (token if i else None)
 
 
 def user_token() -> tuple | None:
@@ -267,44 +283,29 @@ def user_token() -> tuple | None:
     return (path.read_bytes(), path.stat().st_mtime_ns) if path.exists() else None
 
 
-@needs_sbatch
 def test_ray_grid_sbatch_writes_the_token_0600_and_exports_it(tmp_path):
     user_token_before = user_token()
-    text = RAY_GRID_SBATCH.read_text()
-    functions = "\n".join(shell_function(text, f) for f in ("log", "die", "show_tail", "setup_token"))
-    job_tmp = tmp_path / "job"
-    (job_tmp).mkdir(mode=0o700)
-    script = textwrap.dedent(
-        """
-        set -euo pipefail
-        {functions}
-        JOB_TMP={job_tmp} RB_BIN={bin}
-        unset RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
-        setup_token
-        echo "MODE=$RAY_AUTH_MODE PATH_=$RAY_AUTH_TOKEN_PATH PERM=$(stat -c %a "$RAY_AUTH_TOKEN_PATH")"
-        """
-    ).format(functions=functions, job_tmp=job_tmp, bin=Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = proc.stdout.strip().splitlines()[-1]
-    assert line == f"MODE=token PATH_={job_tmp / 'auth_token'} PERM=600", line
+    cluster = grid_job_cluster(tmp_path, env)
+    job_tmp = tmp_path / "job"
+    assert (cluster.env["RAY_AUTH_MODE"], cluster.env["RAY_AUTH_TOKEN_PATH"]) == (
+        "token",
+        str(job_tmp / "auth_token"),
+    )
     token = job_tmp / "auth_token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text().strip()) >= 32
-    assert sorted(p.name for p in job_tmp.iterdir()) == ["auth_token", "token.log"]  # private HOME removed
+    assert sorted(p.name for p in job_tmp.iterdir()) == ["auth_token"]  # nothing else written beside it
     assert user_token() == user_token_before  # the user's own ~/.ray/auth_token neither used nor touched
 
 
-@needs_sbatch
 def test_ray_grid_sbatch_node_copy_of_the_token_is_0600_and_removed(tmp_path):
-    text = RAY_GRID_SBATCH.read_text()
-    node_step = shell_function(text, "node_step")
+    # What runs in a worker node's srun step (launchers/slurm_node.py), with a probe in place of `ray start`.
     node_dir = tmp_path / "job" / "n1"
     probe = 'stat -c %a "$RAY_AUTH_TOKEN_PATH"; cat "$RAY_AUTH_TOKEN_PATH"; echo; env | grep -c RB_NODE_TOKEN || true'
-    script = f'{node_step}\nnode_step "$1" "1" sh -c \'{probe}\''
+    base = job_port_base(os.getpid(), {})
+    step = [sys.executable, "-m", "launchers.slurm_node", "step", str(node_dir), str(base), "worker", "--"]
     env = {**os.environ, "RB_NODE_TOKEN": "s3cret-token-value"}
-    proc = subprocess.run(["bash", "-c", script, "node_step", str(node_dir)], capture_output=True, text=True,
-                          timeout=60, env=env)  # fmt: skip
+    proc = subprocess.run([*step, "sh", "-c", probe], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.split() == ["600", "s3cret-token-value", "0"]  # 0600, and not in the child's env
     assert not node_dir.exists()  # token and node dir removed after a clean stop

@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from launchers import ports
 from suite.results import read_curves, read_runs
 from tests.slurm_cluster import SlurmCluster, slurm_fixture  # noqa: F401  (the `slurm` fixture)
 
@@ -29,10 +30,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 RAY_GRID = REPO / "slurm" / "ray-grid.sbatch"
 ONE_CONFIG = REPO / "slurm" / "one-config.sbatch"
-# Ray ports derive from the job id (slurm/ray-grid.sbatch, derive_ports) and every throw-away cluster
-# numbers its jobs from 1: a random band per module keeps two test sessions on one machine apart (a clash
-# would fail loudly: "ports already in use").
-PORT_BASE = 20000 + 256 * random.randrange(40)
+# Ray ports derive from the job id (launchers/ports.py) and every throw-away cluster numbers its jobs from 1:
+# a random band per module keeps two test sessions on one machine apart (a clash would fail loudly: "ports
+# already in use").
+PORT_BASE = ports.PORT_BASE + ports.JOB_PORT_BLOCK * random.randrange(40)
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 TINY = """\
@@ -116,7 +117,7 @@ def loopback(addr: str) -> bool:
 
 
 class JobLog:
-    """What ray-grid.sbatch tells the user in its log."""
+    """What ray-grid.sbatch (`resnet-bench slurm-grid`) tells the user in its log."""
 
     def __init__(self, text: str):
         self.text = text
@@ -167,13 +168,12 @@ def test_bad_input_fails_the_job_with_the_reason_and_writes_nothing(slurm, tmp_p
 
 
 def test_a_node_that_never_joins_fails_the_job_naming_it(slurm, tmp_path):
-    # Occupy node2's node-manager port (ports derive from the job id: see derive_ports in the script), so
-    # the Ray node on node2 refuses to start while the head on node1 comes up.
+    # Occupy node2's node-manager port (the job's ports follow from its id: launchers/ports.py; node2 is the
+    # second node on 127.0.0.1, slot 1), so the Ray node on node2 refuses to start while the head comes up.
     grid, results = grid_file(tmp_path, "nj"), tmp_path / "results"
     job = submit_grid(slurm, grid, results, hold=True)
-    ephemeral_lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    slots = (ephemeral_lo - PORT_BASE) // 256
-    port = PORT_BASE + int(job) % slots * 256 + 128 + 5
+    _, node2 = ports.job_node_ports(int(job), [0, 1], {"RB_RAY_PORT_BASE": str(PORT_BASE)})
+    port = node2.node_manager
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", port))
         blocker.listen()
