@@ -18,6 +18,7 @@ def main(argv: list[str]) -> int:
     grid_path, results, out = argv
     # Imported in this process only (started by the benchmark), so that importing `benchmarks` never imports Ray.
     import launchers.ray_grid as ray_grid
+    from launchers.driver import preflight
     from launchers.grid import load_grid
     from suite.results import read_runs
 
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> int:
     ray_grid.ray_session = timed_session  # measurement only: the session itself is the launcher's own
     start = time.perf_counter()
     grid = load_grid(grid_path)
-    outcome = ray_grid.run_grid(grid, results)
+    outcome = ray_grid.run_grid(grid, results, preflight(grid))
     end = time.perf_counter()
     columns = [
         "run_id",

@@ -49,7 +49,7 @@ def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: boo
 
     todo = sum(s.run_id not in finished for s in grid.specs)
     console.print(f"grid {grid.name}: {len(grid.specs)} points, {len(grid.specs) - todo} already finished")
-    outcome = run_grid(grid, results, progress=GridProgress(todo) if todo else None)
+    outcome = run_grid(grid, results, infos, progress=GridProgress(todo) if todo else None)
     wanted = {s.run_id for s in grid.specs}
     rows = [r for r in read_runs(results, grid.name).to_pylist() if r["run_id"] in wanted]
     console.print(summary_table(rows, f"grid {grid.name} → {Path(results, grid.name)}"))

@@ -13,7 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from launchers.grid import ClusterShape, Grid
 from launchers.ray_worker import train_worker
+from suite.data.config import DataConfig, DatasetInfo, data_config
 from suite.distributed import free_port
 from suite.errors import check
 from suite.results import finished_run_ids, grid_dir, read_runs, remove_temporaries, write_run
@@ -163,8 +164,12 @@ def failed_row(spec: RunSpec, error: str, restarts: int) -> dict:
     return failure_row(spec, error=error, restarts=restarts, started=now, ended=now)
 
 
-def trial(config: dict) -> dict:
-    """Ray Tune function trainable: one grid point = one Ray Train run (named by grid and run id)."""
+def trial(config: dict, datasets: Mapping[str, ray.ObjectRef]) -> dict:
+    """Ray Tune function trainable: one grid point = one Ray Train run (named by grid and run id).
+
+    `datasets` maps each point's run id to its DatasetInfo (as a dict) in the object store, as the driver
+    checked it: the workers read it from there and never list or decode the dataset again.
+    """
     spec = RunSpec.from_dict(config["spec"])
     cluster = ClusterShape(**config["cluster"])
     max_failures = config["max_failures"]
@@ -175,6 +180,7 @@ def trial(config: dict) -> dict:
             "spec": spec.to_dict(),
             "results": results,
             "slurm_job_id": config.get("slurm_job_id"),
+            "dataset": datasets[spec.run_id],
         },
         scaling_config=scaling_config(cluster, spec),
         run_config=RunConfig(
@@ -201,6 +207,22 @@ def trial(config: dict) -> dict:
     return {k: row.get(k) for k in ("run_id", "status", "images_per_s", "top1", "blocks_discarded", "error")}
 
 
+def share_datasets(specs: list[RunSpec], infos: Mapping[RunSpec, DatasetInfo]) -> dict[str, ray.ObjectRef]:
+    """Each distinct dataset's description in Ray's object store once, by run id.
+
+    An ImageNet index is tens of MB: in the object store it is stored once and fetched by each worker,
+    instead of being copied into every trial's config (which Tune also keeps in its experiment state).
+    """
+    refs: dict[DataConfig, ray.ObjectRef] = {}
+    shared = {}
+    for spec in specs:
+        cfg = data_config(spec)
+        if cfg not in refs:
+            refs[cfg] = ray.put(infos[spec].to_dict())
+        shared[spec.run_id] = refs[cfg]
+    return shared
+
+
 @dataclass
 class GridOutcome:
     planned: int
@@ -209,8 +231,13 @@ class GridOutcome:
     statuses: dict[str, str]  # run_id -> status of the rows now in the table for this grid
 
 
-def run_grid(grid: Grid, results: str | Path, *, progress=None) -> GridOutcome:
-    """Run every unfinished point of `grid`; rows land in `results/<grid>/` (suite/results.py)."""
+def run_grid(
+    grid: Grid, results: str | Path, infos: Mapping[RunSpec, DatasetInfo], *, progress=None
+) -> GridOutcome:
+    """Run every unfinished point of `grid`; rows land in `results/<grid>/` (suite/results.py).
+
+    `infos` is the driver's check of each point's data (launchers/driver.py `preflight`).
+    """
     results = str(results)
     done = finished_run_ids(results, grid.name)
     todo = [s for s in grid.specs if s.run_id not in done]
@@ -218,7 +245,10 @@ def run_grid(grid: Grid, results: str | Path, *, progress=None) -> GridOutcome:
         with ray_session(grid) as resources:
             check_capacity(grid, todo, resources)
             tuner = tune.Tuner(
-                tune.with_resources(trial, {"cpu": TRIAL_DRIVER_CPU}),
+                tune.with_resources(
+                    tune.with_parameters(trial, datasets=share_datasets(todo, infos)),
+                    {"cpu": TRIAL_DRIVER_CPU},
+                ),
                 param_space={
                     "spec": tune.grid_search([s.to_dict() for s in todo]),
                     "cluster": asdict(grid.cluster),

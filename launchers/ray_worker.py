@@ -16,6 +16,7 @@ from ray.train import Checkpoint
 from ray.util.metrics import Gauge
 
 from suite.context import RunContext
+from suite.data.config import DatasetInfo
 from suite.run import run
 from suite.spec import RunSpec
 
@@ -77,6 +78,7 @@ def train_worker(config: dict) -> dict:
                 on_epoch=on_epoch,
                 on_progress=on_progress,
             )
-            return run(spec, config["results"], context)
+            info = DatasetInfo.from_dict(ray.get(config["dataset"]))  # as the driver checked it
+            return run(spec, config["results"], context, info=info)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
