@@ -1,6 +1,6 @@
 """Directory listings, sample decodes and time to the first step of one 2-rank run, counted by the probe.
 
-    python tests/probes/measure_data_once.py CHECKOUT DATA_ROOT OUT.json [--cli MODULE] [--files N]
+    python tests/probes/measure_data_once.py CHECKOUT DATA_ROOT OUT.json [--cli MODULE] [--files N] [--repeats K]
 
 Runs, from CHECKOUT's code, one 2-rank torchrun `run-one` and one 2-rank Ray grid point on an imagefolder tree
 at DATA_ROOT (made with N images if absent), with tests/probes/sitecustomize.py recording every listing of the
@@ -68,22 +68,7 @@ def summary(ev, root: Path, start: float | None) -> dict:
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkout", type=Path)
-    ap.add_argument("root", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--cli", default="resnet_bench")
-    ap.add_argument("--files", type=int, default=20000)
-    a = ap.parse_args()
-    root = a.root.resolve()
-    if not (root / "train").is_dir():
-        make_tree(root, a.files)
-    files = sum(1 for _ in root.rglob("*.jpg"))
-    work = Path(tempfile.mkdtemp(prefix="rb-once-"))
-    env = {**os.environ, "PYTHONPATH": f"{PROBE}{os.pathsep}{a.checkout}", "RB_PROBE_ROOT": str(root)}
-    report = {"files": files, "checkout": str(a.checkout)}
-
+def torchrun_point(a, root: Path, env: dict, work: Path) -> dict:
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump({**SPEC, "data_dir": str(root), "grid": "t"}))
     log = work / "torchrun.log"
@@ -93,8 +78,10 @@ def main() -> int:
          "--master_port=29533", "-m", a.cli, "run-one", str(config), "--results", str(work / "r1")],
         cwd=a.checkout, env={**env, "RB_PROBE_LOG": str(log)}, check=True, timeout=900,
     )  # fmt: skip
-    report["torchrun"] = summary(parse(log, root), root, start)
+    return summary(parse(log, root), root, start)
 
+
+def ray_point(a, root: Path, env: dict, work: Path) -> dict:
     grid = work / "g.yaml"
     grid.write_text(yaml.safe_dump({
         "name": "g", "cluster": {"nodes": 1, "devices_per_node": 2, "cpus_per_worker": 0.5},
@@ -108,7 +95,32 @@ def main() -> int:
         check=True,
         timeout=900,
     )
-    report["ray"] = summary(parse(log, root), root, None)
+    return summary(parse(log, root), root, None)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkout", type=Path)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--cli", default="resnet_bench")
+    ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--repeats", type=int, default=1)
+    a = ap.parse_args()
+    root = a.root.resolve()
+    if not (root / "train").is_dir():
+        make_tree(root, a.files)
+    files = sum(1 for _ in root.rglob("*.jpg"))
+    work = Path(tempfile.mkdtemp(prefix="rb-once-"))
+    env = {**os.environ, "PYTHONPATH": f"{PROBE}{os.pathsep}{a.checkout}", "RB_PROBE_ROOT": str(root)}
+    report = {"files": files, "checkout": str(a.checkout)}
+
+    report["torchrun"], report["ray"] = [], []
+    for i in range(a.repeats):
+        run = work / str(i)
+        run.mkdir()
+        report["torchrun"].append(torchrun_point(a, root, env, run))
+        report["ray"].append(ray_point(a, root, env, run))
     a.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
