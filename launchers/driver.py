@@ -12,7 +12,7 @@ from launchers.plan import plan_table, summary_table
 from launchers.progress import GridProgress
 from launchers.ray_grid import run_grid
 from suite.data.config import data_config
-from suite.data.preflight import prepare_data
+from suite.data.preflight import check_config, prepare_data
 from suite.report import build_report
 from suite.results import check_results_dir, finished_run_ids, read_runs
 
@@ -24,13 +24,17 @@ def default_grid_path() -> Path:
 
 
 def preflight(grid: Grid) -> dict:
-    """Check every point's data (once per distinct data configuration) before anything starts."""
-    infos, by_config = {}, {}
+    """Check every point's data before anything starts: each point's settings, and each data set once.
+
+    Repeats differ in their seed only, and a grid of them must not list ImageNet once per repeat.
+    """
+    infos, by_dataset = {}, {}
     for spec in grid.specs:
         cfg = data_config(spec)
-        if cfg not in by_config:
-            by_config[cfg] = prepare_data(cfg)
-        infos[spec] = by_config[cfg]
+        check_config(cfg)
+        if cfg.dataset not in by_dataset:
+            by_dataset[cfg.dataset] = prepare_data(cfg)
+        infos[spec] = by_dataset[cfg.dataset]
     return infos
 
 

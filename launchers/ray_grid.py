@@ -27,7 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from launchers.grid import ClusterShape, Grid
 from launchers.ray_worker import train_worker
-from suite.data.config import DataConfig, DatasetInfo, data_config
+from suite.data.config import DatasetInfo, data_config
 from suite.distributed import free_port
 from suite.errors import check
 from suite.results import finished_run_ids, grid_dir, read_runs, remove_temporaries, write_run
@@ -213,13 +213,13 @@ def share_datasets(specs: list[RunSpec], infos: Mapping[RunSpec, DatasetInfo]) -
     An ImageNet index is tens of MB: in the object store it is stored once and fetched by each worker,
     instead of being copied into every trial's config (which Tune also keeps in its experiment state).
     """
-    refs: dict[DataConfig, ray.ObjectRef] = {}
+    refs: dict[tuple, ray.ObjectRef] = {}
     shared = {}
     for spec in specs:
-        cfg = data_config(spec)
-        if cfg not in refs:
-            refs[cfg] = ray.put(infos[spec].to_dict())
-        shared[spec.run_id] = refs[cfg]
+        dataset = data_config(spec).dataset
+        if dataset not in refs:
+            refs[dataset] = ray.put(infos[spec].to_dict())
+        shared[spec.run_id] = refs[dataset]
     return shared
 
 

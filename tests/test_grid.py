@@ -138,3 +138,25 @@ def test_yaml_mistakes(tmp_path):
     scalar.write_text("just text\n")
     with pytest.raises(UserError, match="must be a YAML mapping"):
         load_grid(scalar)
+
+
+def test_the_driver_checks_a_data_set_once_for_all_its_repeats(tmp_path, monkeypatch):
+    import launchers.driver
+    from suite.data import imagefolder
+    from tests.data_trees import make_tree
+
+    root = tmp_path / "data"
+    make_tree(root, {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}})
+    listed = []
+    real = imagefolder.list_dir
+    monkeypatch.setattr(imagefolder, "list_dir", lambda path, **kw: listed.append(path) or real(path, **kw))
+    grid = load_grid(
+        grid_file(
+            tmp_path,
+            "repeats: 3\naxes: {arch: [resnet50, resnet101]}\n",
+            base=BASE.replace("dataset: synthetic", f"dataset: imagefolder, data_dir: {root}"),
+        )
+    )
+    infos = launchers.driver.preflight(grid)
+    assert len(infos) == 6 and len({id(i) for i in infos.values()}) == 1
+    assert listed.count(root / "train") == 1

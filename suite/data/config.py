@@ -31,6 +31,19 @@ class DataConfig:
     # hour. A bad file outside the sample is skipped at load time and counted in `Loaders.skipped`.
     verify_limit: int = 4096
 
+    @property
+    def dataset(self) -> tuple:
+        """What the preflight's listing and sample decode depend on (not the seed, workers or crop): configs
+        that differ only in those share one check of the data."""
+        return (
+            self.backend,
+            self.data_dir,
+            self.num_classes,
+            self.synthetic_train_size,
+            self.synthetic_val_size,
+            self.verify_limit,
+        )
+
 
 def data_config(spec: RunSpec) -> DataConfig:
     """The data side of a run spec."""
