@@ -24,7 +24,7 @@ from suite.spec import RunSpec
 METRICS = {
     "images_per_s": "Training images/s of a resnet-bench run (all ranks)",
     "loss": "Mean training loss of the last epoch",
-    "top1": "Validation top-1 (fraction) after the last epoch",
+    "top1_select": "Select-split top-1 (fraction) after the last epoch",
     "active_blocks": "Residual blocks not gated off (epsilon-ResNet) after the last epoch",
 }
 
@@ -53,13 +53,13 @@ def train_worker(config: dict) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"rb-ckpt-{rank}-"))
 
     def on_epoch(point: dict, path: Path | None) -> None:
-        metrics = {k: point[k] for k in ("epoch", "loss", "top1", "images_per_s", "blocks_active")}
+        metrics = {k: point[k] for k in ("epoch", "loss", "top1_select", "images_per_s", "blocks_active")}
         # Every rank reports (Ray Train waits for all); each rank's DeepSpeed files land in one checkpoint.
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)) if path else None)
         if live:
             live.set(
                 loss=point["loss"],
-                top1=point["top1"],
+                top1_select=point["top1_select"],
                 active_blocks=point["blocks_active"],
                 images_per_s=point["images_per_s"],
             )

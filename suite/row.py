@@ -40,6 +40,7 @@ class Measured:
 
     num_classes: int
     params_total: int
+    params_train: int
     params_active: int
     blocks_total: int
     blocks_discarded_per_stage: list[int]
@@ -49,6 +50,9 @@ class Measured:
     world_size: int
     world_size_changed: bool
     device: DeviceInfo
+    math_isa: str
+    threads_per_rank: int
+    deterministic: bool
     peak_memory_bytes: int
     micro_batch: int
     grad_accum: int
@@ -56,9 +60,13 @@ class Measured:
     timing: dict  # measure.combine_ranks over every rank's ThroughputMeter summary
     mfu: float | None
     images_skipped: int
-    top1: float
+    top1: float  # the deployed network on the test split
     top5: float
-    top1_unpruned: float
+    top1_select: float  # the deployed network on the select split
+    top1_gated: float  # the network as trained (ε: gates live) on the test split
+    test_images: int
+    prune_logit_max_abs_diff: float
+    blocks_gate_mismatch: int | None  # ε only
     time_to_target_s: float | None
     restarts: int
     curves: list[dict] = field(default_factory=list)
@@ -121,6 +129,7 @@ def _measured_columns(m: Measured) -> dict:
     return {
         "num_classes": m.num_classes,
         "params_total": m.params_total,
+        "params_train": m.params_train,
         "params_active": m.params_active,
         "blocks_total": m.blocks_total,
         "blocks_discarded": len(m.removed),
@@ -130,6 +139,9 @@ def _measured_columns(m: Measured) -> dict:
         "world_size": m.world_size,
         "world_size_changed": m.world_size_changed,
         "device_name": m.device.name,
+        "math_isa": m.math_isa,
+        "threads_per_rank": m.threads_per_rank,
+        "deterministic": m.deterministic,
         "device_peak_flops_per_s": m.device.peak_flops_per_s,
         "device_peak_source": m.device.peak_source,
         "peak_memory_bytes": m.peak_memory_bytes,
@@ -148,7 +160,11 @@ def _measured_columns(m: Measured) -> dict:
         "images_skipped": m.images_skipped,
         "top1": m.top1,
         "top5": m.top5,
-        "top1_unpruned": m.top1_unpruned,
+        "top1_select": m.top1_select,
+        "top1_gated": m.top1_gated,
+        "test_images": m.test_images,
+        "prune_logit_max_abs_diff": m.prune_logit_max_abs_diff,
+        "blocks_gate_mismatch": m.blocks_gate_mismatch,
         "time_to_target_s": m.time_to_target_s,
     }
 

@@ -19,19 +19,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from suite import measure
+from suite import measure, numerics
 from suite.context import RunContext
 from suite.data.config import DataConfig, DatasetInfo, data_config
 from suite.data.loaders import build_loaders
 from suite.data.preflight import prepare_data
 from suite.distributed import Placement, all_reduce_sum, broadcast_object, gather_objects, setup
 from suite.errors import UserError
+from suite.evaluation import evaluate, measure_deployed
 from suite.models import build_model, count_flops, count_params, purge_closest_to_identity, rebuild_without
 from suite.peaks import device_info
 from suite.results import write_run
 from suite.row import Measured, run_row
 from suite.spec import RunSpec
-from suite.trainer import Diverged, Trainer, TrainState, evaluate
+from suite.trainer import Diverged, Trainer, TrainState
 
 
 def _attempt(
@@ -51,7 +52,10 @@ def _attempt(
         small_stem=spec.small_stem,
         zero_init_residual=spec.zero_init_residual,
     )
-    params_total = count_params(model)
+    # The side head is a training device (Yu et al. 2018, Sec. 3.2) and never deployed: it counts in
+    # params_train only.
+    params_train = count_params(model)
+    params_total = params_train - (count_params(model.side) if hasattr(model, "side") else 0)
     flops_unpruned = count_flops(model, spec.image_size)
     trainer = Trainer(
         spec,
@@ -75,14 +79,17 @@ def _attempt(
     result = trainer.train_epochs(state, 0, run_start)
     summary = trainer.meter.summary()
     model = trainer.model
-    top1_unpruned = result.top1
+    selected = result  # the trained network on the select split, after the last epoch
     active = model
     removed: list[tuple[int, int]] = []
     if spec.variant == "eps":
+        # The discard rule: a block goes when its gate was off on every select batch of every rank, in eval
+        # mode (the mode of deployment): on the select split the pruned network then has the gated one's
+        # logits, by construction (results/README.md, "Splits and pruning").
         removed = result.always_off
         active = rebuild_without(model, removed)
     elif spec.variant == "posthoc" and spec.purge_blocks:
-        purge = purge_closest_to_identity(model, loaders.val, spec.purge_blocks)
+        purge = purge_closest_to_identity(model, loaders.select, spec.purge_blocks)
         removed, active = purge.removed, purge.model
         if spec.finetune_epochs:
             tuner = Trainer(
@@ -95,16 +102,18 @@ def _attempt(
                 epochs=spec.finetune_epochs,
                 context=replace(context, checkpoint_dir=None, on_epoch=context.on_epoch),
             )
-            result = tuner.train_epochs(state, spec.epochs, run_start)
+            tuner.train_epochs(state, spec.epochs, run_start)
             active = tuner.model
-    if active is not model:
-        result = evaluate(active, loaders.val, placement, trainer.dtype)
+    if active is not model:  # the deployed network on the select split
+        selected = evaluate(active, loaders.select, placement, trainer.dtype)
+    test = measure_deployed(model, active, loaders.test, placement, trainer.dtype, removed)
     flops_active = count_flops(active, spec.image_size)
     timing = measure.combine_ranks(gather_objects(summary))
     device = device_info(spec.precision, placement.device)
     return Measured(
         num_classes=info.num_classes,
         params_total=params_total,
+        params_train=params_train,
         params_active=count_params(active),
         blocks_total=sum(model.arch.layers),
         blocks_discarded_per_stage=[
@@ -116,19 +125,30 @@ def _attempt(
         world_size=placement.world_size,
         world_size_changed=world_size_changed,
         device=device,
+        math_isa=numerics.math_isa(placement.device),
+        threads_per_rank=torch.get_num_threads(),
+        deterministic=numerics.deterministic(placement.device),
         peak_memory_bytes=measure.peak_memory_bytes(placement.device),
         micro_batch=micro,
         grad_accum=accum,
         epochs=state.epoch,
         timing=timing,
-        mfu=measure.mfu(flops_active, timing["images_per_s"], device.peak_flops_per_s * placement.world_size),
+        # The timed window trained the unpruned network (an ε net computes every branch, gated or not), so its
+        # FLOPs are the ones per image there; the side head's few FLOPs are left out (count_flops).
+        mfu=measure.mfu(
+            flops_unpruned, timing["images_per_s"], device.peak_flops_per_s * placement.world_size
+        ),
         # Files the preflight found corrupt (dropped from every rank's list: counted once) plus the ones each
         # rank failed to decode at load time.
         images_skipped=len(info.corrupt_files)
         + int(all_reduce_sum([float(loaders.skipped)], placement.device)[0]),
-        top1=result.top1,
-        top5=result.top5,
-        top1_unpruned=top1_unpruned,
+        top1=test.top1,
+        top5=test.top5,
+        top1_select=selected.top1,
+        top1_gated=test.top1_trained,
+        test_images=test.images,
+        prune_logit_max_abs_diff=test.logit_max_abs_diff,
+        blocks_gate_mismatch=len(test.gate_mismatch) if spec.variant == "eps" else None,
         time_to_target_s=state.time_to_target_s,
         restarts=state.restarts,
         curves=state.curves,

@@ -14,7 +14,7 @@ import pyarrow as pa
 from suite.data import registry as data_backends
 from suite.vocab import ARCHS, LAUNCHERS, PRECISIONS, STATUSES, VARIANT_DOCS, VARIANTS, ZERO_STAGES, one_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,17 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
         "parameters and blocks",
         (
             Column(
-                "params_total", pa.int64(), "parameters of the trained network (ε: including the side head)"
+                "params_total",
+                pa.int64(),
+                "parameters of the deployable network before pruning (ε: without the training-only side head)",
             ),
-            Column(
-                "params_active", pa.int64(), "parameters of the network after pruning/purging (inference)"
-            ),
+            Column("params_train", pa.int64(), "parameters trained (ε: params_total plus the side head)"),
+            Column("params_active", pa.int64(), "parameters of the deployed network, after pruning/purging"),
             Column("blocks_total", pa.int32(), "residual blocks of the architecture"),
             Column(
                 "blocks_discarded",
                 pa.int32(),
-                "blocks removed (ε: gated off on every eval batch; posthoc: k)",
+                "blocks removed (ε: gated off on every select batch; posthoc: k)",
             ),
             Column(
                 "blocks_discarded_per_stage", pa.list_(pa.int32()), "blocks removed in each of the 4 stages"
@@ -92,6 +93,19 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
             Column("world_size", pa.int32(), "data-parallel ranks", False),
             Column("world_size_changed", pa.bool_(), "true if a restart resumed with a different world size"),
             Column("device_name", pa.string(), "GPU or CPU model of rank 0"),
+            Column(
+                "math_isa",
+                pa.string(),
+                "the math kernels' instruction set on rank 0 (CPU: ATen's and oneDNN's ISA and convolution "
+                "kernel; GPU: compute capability and cuDNN)",
+            ),
+            Column("threads_per_rank", pa.int32(), "intra-op threads of rank 0 (they set the sum order)"),
+            Column(
+                "deterministic",
+                pa.bool_(),
+                "true if every step gives the same bits on a rerun (CPU: yes; GPU: only with deterministic "
+                "algorithms, since cuDNN's backward uses atomics)",
+            ),
             Column(
                 "device_peak_flops_per_s", pa.float64(), "peak FLOP/s of one device at the run's precision"
             ),
@@ -131,7 +145,12 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
                 pa.float64(),
                 "share of the timed window spent waiting for data (worst rank)",
             ),
-            Column("mfu", pa.float64(), "3 × forward FLOPs × images/s ÷ (world_size × device peak)"),
+            Column(
+                "mfu",
+                pa.float64(),
+                "3 × forward FLOPs of the network trained in the timed window (flops_per_image_unpruned) × "
+                "images/s ÷ (world_size × device peak)",
+            ),
             Column("train_time_s", pa.float64(), "wall time of training and evaluation, s"),
             Column("images_skipped", pa.int64(), "images skipped because they failed to decode"),
         ),
@@ -139,12 +158,37 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
     (
         "accuracy",
         (
-            Column("top1", pa.float64(), "final validation top-1 (fraction) of the active network"),
-            Column("top5", pa.float64(), "final validation top-5 (fraction)"),
-            Column("top1_unpruned", pa.float64(), "validation top-1 before pruning/purging"),
+            Column(
+                "top1",
+                pa.float64(),
+                "top-1 (fraction) of the deployed network (after pruning) on the test split",
+            ),
+            Column("top5", pa.float64(), "top-5 (fraction) of the deployed network on the test split"),
+            Column("test_images", pa.int64(), "images of the test split top1/top5 were measured on"),
+            Column("top1_select", pa.float64(), "top-1 of the deployed network on the select split"),
+            Column(
+                "top1_gated",
+                pa.float64(),
+                "top-1 on the test split of the network as trained, before pruning (ε: gates live; posthoc: "
+                "before the purge; resnet: = top1)",
+            ),
+            Column(
+                "prune_logit_max_abs_diff",
+                pa.float64(),
+                "largest |logit| difference between the trained network (eval mode) and the deployed one over "
+                "the test split (0 for resnet; ε: 0 when no gate disagrees with the pruning)",
+            ),
+            Column(
+                "blocks_gate_mismatch",
+                pa.int32(),
+                "ε: blocks whose gate contradicted the pruning on some test batch (a kept block gated off or "
+                "a removed block gated on); null for other variants",
+            ),
             Column("target_top1", pa.float64(), "top-1 target for time-to-target"),
             Column(
-                "time_to_target_s", pa.float64(), "seconds until top-1 first reached the target (null: never)"
+                "time_to_target_s",
+                pa.float64(),
+                "seconds until select top-1 first reached the target (null: never)",
             ),
         ),
     ),
@@ -181,10 +225,14 @@ CURVE_COLUMNS: tuple[Column, ...] = (
     Column("schema_version", pa.int32(), "version of this schema", False),
     Column("epoch", pa.int32(), "epoch index, from 0", False),
     Column("loss", pa.float64(), "mean training loss of the epoch (main head)"),
-    Column("top1", pa.float64(), "validation top-1 after the epoch (fraction)"),
-    Column("top5", pa.float64(), "validation top-5 after the epoch (fraction)"),
+    Column("top1_select", pa.float64(), "top-1 on the select split after the epoch (fraction)"),
+    Column("top5_select", pa.float64(), "top-5 on the select split after the epoch (fraction)"),
     Column("lr", pa.float64(), "learning rate at the end of the epoch"),
-    Column("blocks_active", pa.int32(), "blocks not gated off on every eval batch (ε; else all)"),
+    Column(
+        "blocks_active",
+        pa.int32(),
+        "blocks of the network trained in the epoch, less the ε blocks gated off on every select batch",
+    ),
     Column("epsilon", pa.float64(), "ε in force during the epoch (null: gate disabled, ε warm-up)"),
     Column("images_per_s", pa.float64(), "training images/s over all ranks during the epoch"),
     Column("elapsed_s", pa.float64(), "seconds since the run started, at the end of the epoch", False),

@@ -38,6 +38,9 @@ class RunSpec:
     num_classes: int | None = None  # from the data unless given
     loader_workers: int = 2
     min_crop_scale: float | None = None  # None: the data backend's default
+    # Share of each class's training images held out as the select split, which every decision reads; the
+    # test split (reported) is the dataset's val/ (suite/data/loaders.py).
+    select_fraction: float = 0.1
     # schedule and batch
     epochs: int = 1
     steps_per_epoch: int | None = None  # cap (None: the whole training split)
@@ -130,6 +133,10 @@ class RunSpec:
         check(
             self.min_crop_scale is None or 0 < self.min_crop_scale <= 1,
             f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}",
+        )
+        check(
+            0 < self.select_fraction <= 0.5,
+            f"select_fraction must be in (0, 0.5], got {self.select_fraction}",
         )
         check(
             self.target_top1 is None or 0 < self.target_top1 <= 1,

@@ -21,6 +21,7 @@ from suite.checkpoint import weights_only_engine
 from suite.context import RunContext
 from suite.data.loaders import Loaders
 from suite.distributed import Placement, all_reduce_sum
+from suite.evaluation import EvalResult, evaluate
 from suite.models import ResNet, split_outputs
 from suite.optim import Schedule, param_groups
 from suite.spec import RunSpec
@@ -67,43 +68,6 @@ class TrainState:
     curves: list[dict] = field(default_factory=list)
     world_size: int = 0
     restarts: int = 0  # times this run resumed from a checkpoint (any launcher)
-
-
-@dataclass
-class EvalResult:
-    top1: float
-    top5: float
-    loss: float
-    always_off: list[tuple[int, int]]  # ε blocks gated off on every eval batch of every rank
-
-
-@torch.no_grad()
-def evaluate(model: ResNet, loader, placement: Placement, dtype: torch.dtype) -> EvalResult:
-    """Top-1/top-5 over the whole validation split (each rank its disjoint shard, counts summed)."""
-    model.eval()
-    blocks = model.gated_blocks() if hasattr(model, "gated_blocks") else []
-    off = torch.ones(len(blocks), dtype=torch.bool)
-    correct1 = correct5 = count = loss_sum = 0.0
-    for images, labels in loader:
-        images = images.to(placement.device, dtype, non_blocking=True)
-        labels = labels.to(placement.device, non_blocking=True)
-        logits = model(images).float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top5 == labels[:, None]
-        correct1 += float(hit[:, 0].sum())
-        correct5 += float(hit.any(dim=1).sum())
-        count += len(labels)
-        if blocks:
-            off &= torch.tensor([bool(b.gated_off) for _, _, b in blocks])
-    model.train()
-    correct1, correct5, count, loss_sum, *off_counts = all_reduce_sum(
-        [correct1, correct5, count, loss_sum, *off.float().tolist()], placement.device
-    )
-    world = torch.distributed.get_world_size()
-    always_off = [(s, j) for (s, j, _), n in zip(blocks, off_counts, strict=True) if n == world]
-    count = max(count, 1.0)
-    return EvalResult(correct1 / count, correct5 / count, loss_sum / count, always_off)
 
 
 class Trainer:
@@ -255,7 +219,8 @@ class Trainer:
             )
             if bad:
                 raise Diverged(f"training loss became NaN/inf in epoch {epoch} (step ≤ {state.step})")
-            result = evaluate(self.model, self.loaders.val, self.placement, self.dtype)
+            # The select split, never the test split: it decides the discards, the restarts and time-to-target.
+            result = evaluate(self.model, self.loaders.select, self.placement, self.dtype)
             discarded = len(result.always_off)
             if spec.variant == "eps" and spec.lr_reset_on_discard and discarded > state.max_discarded:
                 self.schedule.restart(engine.global_steps)
@@ -271,10 +236,12 @@ class Trainer:
             point = {
                 "epoch": epoch,
                 "loss": loss_total / max(n, 1),
-                "top1": result.top1,
-                "top5": result.top5,
+                "top1_select": result.top1,
+                "top5_select": result.top5,
                 "lr": float(engine.get_lr()[0]),
-                "blocks_active": sum(self.model.arch.layers) - discarded,
+                # Blocks of the network being trained (a post-hoc fine-tune trains the purged one), less the
+                # ε blocks gated off on every select batch.
+                "blocks_active": sum(map(len, self.model.arch.kept_blocks())) - discarded,
                 "epsilon": eps,
                 "images_per_s": samples * self.placement.world_size / max(epoch_time, 1e-9),
                 "elapsed_s": state.elapsed_s,
@@ -285,5 +252,5 @@ class Trainer:
             if self.context.on_epoch:
                 self.context.on_epoch(point, path)
         if result is None:  # every epoch was already done before a restart
-            result = evaluate(self.model, self.loaders.val, self.placement, self.dtype)
+            result = evaluate(self.model, self.loaders.select, self.placement, self.dtype)
         return result

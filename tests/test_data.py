@@ -41,11 +41,11 @@ def test_synthetic_batches_shapes_lengths_and_fixed_val():
     assert labels.dtype == torch.int64 and labels.max() < 10
     assert all(b[0] is images for b in batches)  # one pre-made batch: no per-step data cost
     # Val: rank r takes r, r+2, …; together every image once, and an image is the same whoever draws it.
-    sizes = [sum(len(y) for _, y in loaders.val) for loaders in ranks]
+    sizes = [sum(len(y) for _, y in loaders.test) for loaders in ranks]
     assert sizes == [5, 5]
     whole = build_loaders(cfg, info, micro_batch=10, rank=0, world_size=1)
-    (all_images, all_labels), *_ = list(whole.val)
-    first_rank0 = next(iter(ranks[0].val))
+    (all_images, all_labels), *_ = list(whole.test)
+    first_rank0 = next(iter(ranks[0].test))
     assert torch.equal(first_rank0[0][1], all_images[2]) and first_rank0[1][1] == all_labels[2]
     assert ranks[0].skipped == 0
     ranks[0].set_epoch(3)  # a no-op for synthetic data, but part of the interface
@@ -65,37 +65,66 @@ def test_imagefolder_batches_accept_jpeg_png_case_and_modes(tmp_path):
     assert (info.num_classes, info.train_size, info.val_size) == (2, 10, 8)
     assert info.classes == ("n01", "n02") and info.corrupt_files == ()
     loaders = build_loaders(cfg, info, micro_batch=4, rank=0, world_size=1)
-    assert len(loaders.train) == 10 // 4
+    assert len(loaders.train) == 8 // 4  # 1 image per class held out for the select split
     for images, labels in loaders.train:
         assert images.shape == (4, 3, 16, 16) and images.dtype == torch.float32
         assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
-    assert [len(y) for _, y in loaders.val] == [4, 4]
-    assert [len(y) for _, y in loaders.val] == [4, 4]  # re-iterable, like the trainer's per-epoch evaluation
+    assert [len(y) for _, y in loaders.test] == [4, 4]
+    assert [len(y) for _, y in loaders.test] == [4, 4]  # re-iterable, like the trainer's per-epoch evaluation
 
 
 def test_train_shards_of_two_ranks_are_disjoint_and_cover_the_split(tmp_path):
-    make_tree(tmp_path, TWO_CLASSES)
+    make_tree(tmp_path, TWO_CLASSES)  # 8 + 8 train images: 1 + 1 held out for select, 14 trained on
     cfg = folder_cfg(tmp_path)
     info = prepare_data(cfg)
-    shards = []
+    shards, selects = [], []
     for rank in (0, 1):
         loaders = build_loaders(cfg, info, micro_batch=2, rank=rank, world_size=2)
-        assert len(loaders.train) == 16 // (2 * 2)
+        assert len(loaders.train) == 7 // 2  # 7 images per rank, the last half batch dropped
+        loaders = build_loaders(cfg, info, micro_batch=1, rank=rank, world_size=2)
         values, _ = drain(loaders.train)
         shards.append(values)
-    assert len(shards[0]) == len(shards[1]) == 8
+        selects += drain(loaders.select)[0]
+    assert len(shards[0]) == len(shards[1]) == 7
     assert not set(shards[0]) & set(shards[1])
-    assert sorted(shards[0] + shards[1]) == list(range(10, 10 + 3 * 16, 3))
+    assert len(selects) == 2 and not set(selects) & set(shards[0] + shards[1])
+    assert sorted(shards[0] + shards[1] + selects) == list(range(10, 10 + 3 * 16, 3))
 
 
-def test_val_shards_count_every_image_exactly_once_with_an_odd_count(tmp_path):
+def test_select_split_is_stratified_seeded_and_held_out_from_train(tmp_path):
+    counts = {"train": {"a": 30, "b": 20, "c": 1}, "val": {"a": 2, "b": 2, "c": 2}}
+    make_tree(tmp_path, counts)
+    info = prepare_data(folder_cfg(tmp_path))
+    first = {"a": range(10, 100, 3), "b": range(100, 160, 3), "c": [160]}
+
+    def split(seed: int, fraction: float = 0.2):
+        loaders = build_loaders(
+            folder_cfg(tmp_path, seed=seed, select_fraction=fraction),
+            info,
+            micro_batch=1,
+            rank=0,
+            world_size=1,
+        )
+        return drain(loaders.train)[0], drain(loaders.select)
+
+    train, (held, labels) = split(seed=0)
+    # 20 % of each class (at least one, never a whole class): 6 of a, 4 of b, none of the one-image class c.
+    assert sorted(labels) == [0] * 6 + [1] * 4
+    assert sum(v in first["a"] for v in held) == 6 and 160 in train
+    assert not set(train) & set(held) and len(train) + len(held) == 51
+    assert split(seed=0)[1][0] == held  # the same split every time (and so on every rank)
+    assert set(split(seed=1)[1][0]) != set(held)  # repeats with another seed hold out other images
+    assert len(split(seed=0, fraction=0.5)[1][0]) == 15 + 10
+
+
+def test_test_shards_count_every_image_of_val_exactly_once_with_an_odd_count(tmp_path):
     make_tree(tmp_path, TWO_CLASSES)  # 7 val images, 2 ranks
     cfg = folder_cfg(tmp_path)
     info = prepare_data(cfg)
     assert info.val_size == 7
     seen, labels = [], []
     for rank in (0, 1):
-        values, y = drain(build_loaders(cfg, info, micro_batch=3, rank=rank, world_size=2).val)
+        values, y = drain(build_loaders(cfg, info, micro_batch=3, rank=rank, world_size=2).test)
         assert len(values) == (4 if rank == 0 else 3)  # no padding: shards differ by one
         seen += values
         labels += y
@@ -134,12 +163,13 @@ def test_a_file_that_breaks_after_the_preflight_is_skipped_and_counted(tmp_path,
     info = prepare_data(cfg)
     write_corrupt(tmp_path / "val" / "b" / "000.png", "garbage")
     write_corrupt(tmp_path / "train" / "a" / "003.png", "truncated")
-    loaders = build_loaders(cfg, info, micro_batch=4, rank=0, world_size=1)
-    assert sum(len(y) for _, y in loaders.val) == 6
+    loaders = build_loaders(cfg, info, micro_batch=1, rank=0, world_size=1)
+    assert sum(len(y) for _, y in loaders.test) == 6
     assert loaders.skipped == 1
-    assert sum(len(y) for _, y in loaders.train) == 15
+    # The broken train image is in the train or the select split (seeded): together they lose exactly it.
+    assert sum(len(y) for split in (loaders.train, loaders.select) for _, y in split) == 15
     assert loaders.skipped == 2
-    assert sum(len(y) for _, y in loaders.val) == 6  # again: the count accumulates on this rank
+    assert sum(len(y) for _, y in loaders.test) == 6  # again: the count accumulates on this rank
     assert loaders.skipped == 3
 
 
@@ -148,9 +178,10 @@ def test_a_file_that_vanished_after_the_preflight_is_skipped_and_counted(tmp_pat
     cfg = folder_cfg(tmp_path)
     info = prepare_data(cfg)
     (tmp_path / "val" / "a" / "001.png").unlink()
-    loaders = build_loaders(cfg, info, micro_batch=4, rank=0, world_size=1)
-    assert sum(len(y) for _, y in loaders.val) == 6 and loaders.skipped == 1
-    assert sum(len(y) for _, y in loaders.train) == 16 and loaders.skipped == 1
+    loaders = build_loaders(cfg, info, micro_batch=1, rank=0, world_size=1)
+    assert sum(len(y) for _, y in loaders.test) == 6 and loaders.skipped == 1
+    assert sum(len(y) for split in (loaders.train, loaders.select) for _, y in split) == 16
+    assert loaders.skipped == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,7 +191,7 @@ def test_a_file_that_vanished_after_the_preflight_is_skipped_and_counted(tmp_pat
 def batches_of(cfg: DataConfig, info, epoch: int, rank: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     loaders = build_loaders(cfg, info, micro_batch=3, rank=rank, world_size=2)
     loaders.set_epoch(epoch)
-    return list(loaders.train) + list(loaders.val)
+    return list(loaders.train) + list(loaders.test)
 
 
 def test_dataset_info_round_trips_through_json_to_the_same_batches(tmp_path):
@@ -210,7 +241,7 @@ def test_build_loaders_lists_no_directory(tmp_path, monkeypatch, backend):
     for rank in (0, 1):
         loaders = build_loaders(cfg, info, micro_batch=2, rank=rank, world_size=2)
         loaders.set_epoch(1)
-        assert list(loaders.train) and list(loaders.val)
+        assert list(loaders.train) and list(loaders.test)
     assert listings == []
 
 

@@ -106,8 +106,9 @@ def test_a_few_corrupt_images_are_listed_and_skipped(tmp_path, kind):
     info = prepare_data(cfg)  # 1 corrupt of 141 checked: under 1 %
     assert info.corrupt_files == (str(bad),)
     assert info.train_size == 120
-    loaders = build_loaders(cfg, info, micro_batch=40, rank=0, world_size=1)
-    assert sum(len(y) for _, y in loaders.train) == 120 and loaders.skipped == 0
+    loaders = build_loaders(cfg, info, micro_batch=1, rank=0, world_size=1)
+    assert sum(len(y) for split in (loaders.train, loaders.select) for _, y in split) == 120
+    assert loaders.skipped == 0
 
 
 def test_many_corrupt_images_are_an_error(tmp_path):

@@ -9,6 +9,9 @@ from suite.data.decode import IMAGENET_MIN_CROP_SCALE
 from suite.data.registry import default_min_crop_scale
 from suite.spec import RunSpec
 
+# The folders of the ImageNet layout. A run uses three splits: `train` (what the optimizer sees), `select` (held
+# out from the train folder, stratified by class: every decision of the run) and `test` (the val folder,
+# reported, untouched by any decision); see `select_split`.
 SPLITS = ("train", "val")
 
 
@@ -16,13 +19,15 @@ SPLITS = ("train", "val")
 class DataConfig:
     backend: str = "shapes"
     # imagefolder: root holding train/<class>/*.JPEG and val/<class>/*.JPEG; shapes: where the generated set
-    # lives (None: `$RESNET_BENCH_DATA/shapes-v2`, else `~/.cache/resnet-bench/shapes-v2`).
+    # lives (None: `$RESNET_BENCH_DATA/shapes-v3`, else `~/.cache/resnet-bench/shapes-v3`).
     data_dir: str | None = None
     image_size: int = 32
     # synthetic: default 10; shapes: fixed by the generator; imagefolder: from the folders (must match if given)
     num_classes: int | None = None
     synthetic_train_size: int = 1024  # samples per epoch for the synthetic backend
-    synthetic_val_size: int = 256
+    synthetic_val_size: int = 256  # the synthetic test stream (the select stream is cut from the train size)
+    # Share of each class's training images held out as the select split (at least one per class, never all).
+    select_fraction: float = 0.1
     workers: int = 2  # DataLoader worker processes per rank (0 = in-process)
     min_crop_scale: float = IMAGENET_MIN_CROP_SCALE  # RandomResizedCrop scale lower bound
     seed: int = 0
@@ -54,6 +59,7 @@ def data_config(spec: RunSpec) -> DataConfig:
         num_classes=spec.num_classes,
         workers=spec.loader_workers,
         seed=spec.seed,
+        select_fraction=spec.select_fraction,
         # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
         min_crop_scale=(
             default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from suite.data.config import SPLITS, DataConfig, DatasetInfo
 from suite.data.decode import DECODE_ERRORS, IMAGENET_MIN_CROP_SCALE, load_image
-from suite.data.loaders import Counted, EpochTagged, Loaders, SkipCounter, data_loader
+from suite.data.loaders import Counted, EpochTagged, Loaders, SkipCounter, data_loader, select_split, sharded
 from suite.data.preflight import find_corrupt
 from suite.errors import UserError, check
 
@@ -122,16 +122,17 @@ def _is_image(entry: os.DirEntry) -> bool:
 def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, world_size: int) -> Loaders:
     """This rank's loaders over `info`'s index. Every rank indexes the same list (the preflight's), so shards
     are disjoint and every rank runs the same number of steps; a file that broke or vanished since the
-    preflight is skipped at load time and counted."""
+    preflight is skipped at load time and counted. The select split is cut from the train folder
+    (`select_split`); the test split is the val folder, whole."""
+    train_samples, select_samples = select_split(info.samples("train"), cfg.select_fraction, cfg.seed)
     train_set = FolderDataset(
         info.root,
-        info.samples("train"),
+        train_samples,
         image_size=cfg.image_size,
         train=True,
         min_crop_scale=cfg.min_crop_scale,
         seed=cfg.seed,
     )
-    val_set = FolderDataset(info.root, info.samples("val"), image_size=cfg.image_size, train=False)
     # DistributedSampler semantics (torchvision's references): each rank a disjoint shard, reshuffled by
     # set_epoch from a seed shared by all ranks; drop_last so every rank runs the same number of steps.
     sampler = EpochTagged(
@@ -139,13 +140,14 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
             train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
     )
-    # Validation: rank r takes r, r+W, r+2W, …: every image exactly once across ranks, with no padding (the
-    # DistributedSampler would repeat images to even out the shards and bias the accuracy).
-    val_keys = [(i, 0) for i in range(rank, len(val_set), world_size)]
     counter = SkipCounter()
     train = Counted(data_loader(train_set, sampler, micro_batch, cfg, drop_last=True), counter)
-    val = Counted(data_loader(val_set, val_keys, micro_batch, cfg, drop_last=False), counter)
-    return Loaders(train, val, set_epoch=sampler.set_epoch, skipped=counter)
+    held_out = []
+    for samples in (select_samples, info.samples("val")):
+        dataset = FolderDataset(info.root, samples, image_size=cfg.image_size, train=False)
+        keys = [(i, 0) for i in sharded(len(dataset), rank, world_size)]
+        held_out.append(Counted(data_loader(dataset, keys, micro_batch, cfg, drop_last=False), counter))
+    return Loaders(train, *held_out, set_epoch=sampler.set_epoch, skipped=counter)
 
 
 class FolderDataset(Dataset):

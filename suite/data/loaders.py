@@ -4,6 +4,7 @@ epoch-tagged sampling, per-batch skip counts across worker processes, and the no
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -21,16 +22,21 @@ class SkipCounter:
 
 
 class Loaders:
-    """What `build_loaders` returns: this rank's training and validation micro-batches.
+    """What `build_loaders` returns: this rank's micro-batches of the run's three splits.
 
-    `train` and `val` are re-iterable and yield `(images float32 NCHW, labels int64)`; `len(train)` is the
-    number of steps per epoch. `skipped` counts images this rank dropped at load time because they failed to
-    decode or had vanished (DataLoader workers are separate processes, so each batch carries its own count
-    here).
+    - `train`: what the optimizer sees; `len(train)` is the number of steps per epoch.
+    - `select`: held out from the training data; every decision of the run reads it (ε discards, the
+      post-hoc ranking, learning-rate restarts, time-to-target).
+    - `test`: the reported split (the folder layout's `val/`), which no decision reads.
+
+    All three are re-iterable and yield `(images float32 NCHW, labels int64)`; across ranks, `select` and
+    `test` hold every image exactly once. `skipped` counts images this rank dropped at load time because they
+    failed to decode or had vanished (DataLoader workers are separate processes, so each batch carries its own
+    count here).
     """
 
-    def __init__(self, train, val, *, set_epoch: Callable[[int], None] | None = None, skipped=None):
-        self.train, self.val = train, val
+    def __init__(self, train, select, test, *, set_epoch: Callable[[int], None] | None = None, skipped=None):
+        self.train, self.select, self.test = train, select, test
         self._set_epoch = set_epoch
         self._skipped = SkipCounter() if skipped is None else skipped
 
@@ -42,6 +48,32 @@ class Loaders:
     @property
     def skipped(self) -> int:
         return self._skipped.value
+
+
+def select_split(
+    samples: list[tuple[str, int]], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, select): `fraction` of each class's samples held out, drawn with `seed`, order kept.
+
+    Stratified so every class is in both (at least one image each where the class has two); seeded by the
+    run's seed, so repeats also vary the held-out images, and every rank draws the same split.
+    """
+    by_label: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(samples):
+        by_label.setdefault(label, []).append(i)
+    held: set[int] = set()
+    for label, indices in sorted(by_label.items()):
+        n = min(len(indices) - 1, max(1, round(fraction * len(indices))))
+        held.update(random.Random(f"select/{seed}/{label}").sample(indices, n))
+    train = [s for i, s in enumerate(samples) if i not in held]
+    select = [s for i, s in enumerate(samples) if i in held]
+    return train, select
+
+
+def sharded(n: int, rank: int, world_size: int) -> list[int]:
+    """Evaluation keys of rank `rank`: r, r+W, r+2W, …, so every image is counted exactly once across ranks,
+    with no padding (the DistributedSampler would repeat images to even out the shards and bias accuracy)."""
+    return list(range(rank, n, world_size))
 
 
 def build_loaders(

@@ -47,6 +47,10 @@ def check_config(cfg: DataConfig) -> None:
     )
     check(cfg.workers >= 0, f"workers must be ≥ 0, got {cfg.workers}")
     check(0 < cfg.min_crop_scale <= 1, f"min_crop_scale must be in (0, 1], got {cfg.min_crop_scale}")
+    check(
+        0 < cfg.select_fraction <= 0.5,
+        f"select_fraction must be in (0, 0.5], got {cfg.select_fraction}",
+    )
     check(cfg.verify_limit >= 1, f"verify_limit must be ≥ 1, got {cfg.verify_limit}")
     for name in ("synthetic_train_size", "synthetic_val_size"):
         check(getattr(cfg, name) >= 1, f"{name} must be ≥ 1, got {getattr(cfg, name)}")

@@ -8,7 +8,7 @@ import torch
 
 from suite.data.config import DataConfig, DatasetInfo
 from suite.data.decode import IMAGENET_MIN_CROP_SCALE
-from suite.data.loaders import Loaders
+from suite.data.loaders import Loaders, sharded
 
 MIN_CROP_SCALE = IMAGENET_MIN_CROP_SCALE  # nothing is cropped: DataConfig's default, so configs compare equal
 DEFAULT_NUM_CLASSES = 10
@@ -32,9 +32,15 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
     if torch.cuda.is_available():  # pinned once, so the trainer's non_blocking copies are asynchronous
         images, labels = images.pin_memory(), labels.pin_memory()
     steps = info.train_size // (micro_batch * world_size)
-    val_indices = range(rank, info.val_size, world_size)
-    val = _SyntheticVal(val_indices, micro_batch, cfg.image_size, info.num_classes, cfg.seed)
-    return Loaders(_RepeatedBatch(images, labels, steps), val)
+    select_size = max(1, round(cfg.select_fraction * info.train_size))
+    # Two separate streams: the select one drawn with the run's seed, the test one the same for every run.
+    select = _SyntheticHeldOut(
+        sharded(select_size, rank, world_size), micro_batch, cfg.image_size, info.num_classes, cfg.seed + 1
+    )
+    test = _SyntheticHeldOut(
+        sharded(info.val_size, rank, world_size), micro_batch, cfg.image_size, info.num_classes, 0
+    )
+    return Loaders(_RepeatedBatch(images, labels, steps), select, test)
 
 
 class _RepeatedBatch:
@@ -49,19 +55,20 @@ class _RepeatedBatch:
             yield self.images, self.labels
 
 
-class _SyntheticVal:
-    """A fixed labelled set, each image generated from (seed, index) on demand: no memory held between
-    evaluations, and the same image whichever rank draws it."""
+class _SyntheticHeldOut:
+    """A fixed labelled set, each image generated from (stream, index) on demand: no memory held between
+    evaluations, and the same image whichever rank draws it. Stream 0 is the test split; stream seed + 1 the
+    select split of seed `seed`, so the two never share an image."""
 
-    def __init__(self, indices: range, micro_batch: int, image_size: int, num_classes: int, seed: int):
+    def __init__(self, indices: list[int], micro_batch: int, image_size: int, num_classes: int, stream: int):
         self.indices, self.micro_batch = indices, micro_batch
-        self.image_size, self.num_classes, self.seed = image_size, num_classes, seed
+        self.image_size, self.num_classes, self.stream = image_size, num_classes, stream
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.micro_batch)
 
     def _item(self, index: int) -> tuple[torch.Tensor, int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index + 1)
+        generator = torch.Generator().manual_seed(self.stream * 1_000_003 + index + 1)
         label = int(torch.randint(0, self.num_classes, (), generator=generator))
         return torch.randn(3, self.image_size, self.image_size, generator=generator), label
 
