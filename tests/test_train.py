@@ -79,7 +79,14 @@ def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks):
     assert [c["epoch"] for c in curves] == [0, 1]
     assert curves[1]["loss"] < curves[0]["loss"]  # it learns
     assert curves[0]["epsilon"] is None and curves[1]["epsilon"] == 0.5  # ε warm-up, then the gate
-    assert 0 <= row["top1"] <= 1 and row["top1_unpruned"] is not None
+    assert 0 <= row["top1"] <= 1 and 0 <= row["top1_select"] <= 1 and 0 <= row["top1_gated"] <= 1
+    # The deployed network is measured on the whole test split (shapes: 2,100 images in val/).
+    assert row["test_images"] == 2100
+    assert row["params_train"] > row["params_total"]  # the side head is trained, never deployed
+    assert row["blocks_gate_mismatch"] >= 0
+    if row["blocks_gate_mismatch"] == 0:  # exact pruning: the deployed logits are the gated network's
+        assert row["prune_logit_max_abs_diff"] <= 1e-5 and row["top1"] == row["top1_gated"]
+    assert row["math_isa"].startswith("ATen ") and row["deterministic"] is True
     # An independent client reads the files with the declared schema.
     files = str(tmp_path / "results" / "t" / "runs" / "*.parquet")
     got = duckdb.sql(f"SELECT run_id, status, params_total FROM read_parquet('{files}')").fetchall()
@@ -160,7 +167,7 @@ from suite.data.config import DataConfig
 from suite.data.loaders import build_loaders
 from suite.data.preflight import prepare_data
 from suite.distributed import setup, shutdown
-from suite.trainer import evaluate
+from suite.evaluation import evaluate
 placement = setup()
 cfg = DataConfig(backend="imagefolder", data_dir=sys.argv[1], image_size=16, workers=0)
 info = prepare_data(cfg)
