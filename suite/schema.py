@@ -265,6 +265,40 @@ them equal.
 
 """
 
+README_SPLITS = """## Splits and pruning
+
+Every run uses three splits, and no number is selected on the split it is reported on.
+
+| split | what it is | what reads it |
+|---|---|---|
+| train | the training images less the select split | the optimizer |
+| select | `select_fraction` (default 0.1) of each class's training images, drawn with the run's seed (at least one per class, never a whole class); synthetic: its own stream | every decision: the ε discards, the post-hoc ranking, learning-rate restarts, time-to-target; the curves |
+| test | imagefolder: the dataset's `val/`, every image once; shapes: its `val/` (2,100 images, so one run's 95 % interval is at most ±2 pp around 70 % top-1); synthetic: a separate stream | `top1`, `top5`, `top1_gated`, the pruning check, after training only |
+
+**The deployed network is the one measured.** An ε-ResNet or post-hoc row's `top1`/`top5` are the pruned
+network's on the test split; `top1_gated` is the network as trained (ε: gates live), `top1_select` the deployed
+one on the select split.
+
+**The discard rule.** An ε block is removed when its gate was off on every select batch of every rank, in eval
+mode (the mode of deployment). A gated-off block computes relu(0·F + shortcut(x)), which is exactly what
+replaces it, so removing such blocks changes no logit on the select split. What can still differ is a kept
+block that some batch switches off (the gate is a max over the batch, so it depends on which images share a
+batch) and, on the test split, a removed block whose gate a test batch switches on. `blocks_gate_mismatch` counts the ε blocks where either happened on at least one test
+batch of any rank, and `prune_logit_max_abs_diff` is the largest logit difference the two networks show over
+the test split: 0 (within float rounding) when no gate disagrees. For post-hoc rows it is what the purge (and
+fine-tune) changed; for plain ResNet rows it is 0.
+
+## Reproducibility
+
+On one machine the same spec and seed give the same numbers bit for bit, under Ray and under torchrun
+(tests/test_reproducible.py): the data order and augmentation are functions of (seed, epoch, index), each rank
+runs a fixed number of intra-op threads, and gloo reduces in a fixed order. `deterministic` says so per row; on
+GPUs it is false unless deterministic algorithms are on (cuDNN's backward convolutions add with atomics in a
+varying order). Across machines the numbers are not the same: another CPU runs other oneDNN/MKL kernels
+(`math_isa`), or the same ones with another thread count (`threads_per_rank`), which round differently, and
+training amplifies those last-bit differences. Compare configurations over repeats, never single runs.
+"""
+
 
 def _md_row(c: Column) -> str:
     doc = c.doc.replace("|", "\\|")  # a bare pipe would split the Markdown table cell
@@ -275,6 +309,8 @@ def schema_markdown() -> str:
     """`results/README.md`: the column reference, generated so it cannot drift from the schema."""
     lines = [
         README_INTRO.rstrip("\n"),
+        "",
+        README_SPLITS.rstrip("\n"),
         "",
         f"## Run table (`runs/*.parquet`, schema version {SCHEMA_VERSION})",
         "",

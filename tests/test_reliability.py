@@ -354,12 +354,12 @@ def test_a_run_killed_and_resumed_matches_its_uninterrupted_twin(tmp_path):
     assert (row["status"], row["restarts"], row["epochs"]) == ("ok", 1, 3)
     assert (base["status"], base["restarts"], base["epochs"]) == ("ok", 0, 3)
     assert row["run_id"] == base["run_id"]  # the same configuration
-    for key in ("top1", "top5", "top1_unpruned", "params_active", "blocks_discarded"):
+    for key in ("top1", "top5", "top1_gated", "params_active", "blocks_discarded"):
         assert row[key] == base[key], key  # zero noise: see the module docstring
     got, want = read_curves(results, "t").to_pylist(), read_curves(twin_results, "t").to_pylist()
     assert [c["epoch"] for c in got] == [c["epoch"] for c in want] == [0, 1, 2]
     for g, w in zip(got, want, strict=True):
-        for key in ("loss", "top1", "top5", "lr", "blocks_active"):
+        for key in ("loss", "top1_select", "top5_select", "lr", "blocks_active"):
             assert g[key] == w[key], (g["epoch"], key, g[key], w[key])
 
 

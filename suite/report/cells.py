@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from suite.report.data import OLYMPIC_MIN, REPEAT_KEYS, Config
+from suite.report.data import OLYMPIC_MIN, REPEAT_KEYS, Config, test_interval
 from suite.report.document import (
     DASH,
     OLYMPIC_MARK,
@@ -127,6 +127,53 @@ SPEED_HEADERS = (
     "MFU (%)",
     "time to target (s)",
 )
+
+
+DEPLOYED_HEADERS = (
+    "configuration",
+    "setup",
+    "runs",
+    "test images",
+    "top-1 (%)",
+    "95 % interval, one run (%)",
+    "top-1 gated (%)",
+    "top-1 select (%)",
+    "gate mismatches",
+    "max |Δ logit|",
+)
+DEPLOYED_NOTE = (
+    "Top-1: the deployed (pruned) network on the test split, which no decision of a run reads. 95 % "
+    "interval: each run's binomial (Wilson) interval from its test-set size alone, what one run can tell; "
+    "the range over a configuration's runs when it has several. Top-1 gated: the network as trained (ε: "
+    "gates live), on the same images. Top-1 select: the deployed network on the select split, which chose "
+    "the discarded blocks. Gate mismatches: ε blocks whose gate contradicted the pruning on some test batch; "
+    "max |Δ logit|: the largest logit difference between the trained and the deployed network (0 for exact "
+    "pruning; post-hoc: what the purge changed)."
+)
+
+
+def _intervals(c: Config) -> str:
+    bounds = [b for b in (test_interval(r) for r in c.ok_runs) if b is not None]
+    if not bounds:
+        return DASH
+    low, high = min(lo for lo, _ in bounds), max(hi for _, hi in bounds)
+    text = f"[{fmt_num(low, 1, 100)}, {fmt_num(high, 1, 100)}]"
+    return text if len(bounds) == 1 else f"{text} over {len(bounds)} runs"
+
+
+def deployed_row(c: Config, varying: list[str]) -> tuple[str, ...]:
+    return (
+        c.label,
+        _setup(c, varying),
+        runs_cell(c),
+        fmt_exact_or_stat(c.test_images, 0),
+        fmt_stat(c.top1, 2, 100),
+        _intervals(c),
+        fmt_stat(c.top1_gated, 2, 100),
+        fmt_stat(c.top1_select, 2, 100),
+        fmt_exact_or_stat(c.blocks_gate_mismatch, 1),
+        DASH if c.prune_logit_max_abs_diff is None else f"{c.prune_logit_max_abs_diff:.2g}",
+    )
 
 
 def model_row(c: Config, varying: list[str]) -> tuple[str, ...]:

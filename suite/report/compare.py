@@ -126,7 +126,7 @@ class Curve:
     runs: int
     epochs: tuple[int, ...]
     loss: tuple[float | None, ...]
-    top1: tuple[float | None, ...]
+    top1_select: tuple[float | None, ...]
     blocks_active: tuple[float | None, ...]
 
 
@@ -152,7 +152,7 @@ def curves(configs: list[Config], curve_rows: list[dict]) -> list[Curve]:
                 runs=len({row["run_id"] for row in rows}),
                 epochs=tuple(epochs),
                 loss=tuple(_mean([row["loss"] for row in at[e]]) for e in epochs),
-                top1=tuple(_mean([row["top1"] for row in at[e]]) for e in epochs),
+                top1_select=tuple(_mean([row["top1_select"] for row in at[e]]) for e in epochs),
                 blocks_active=tuple(_mean([row["blocks_active"] for row in at[e]]) for e in epochs),
             )
         )

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scipy.stats import binomtest
+
 from suite.errors import check
 from suite.results import SAFE_NAME, read_curves, read_runs
 from suite.vocab import ARCHS, VARIANTS, depth_title
@@ -100,6 +102,16 @@ def summarize(values: Iterable[float | None]) -> Stat:
     return Stat(statistics.fmean(kept), std, len(xs), olympic, xs[-1] - xs[0])
 
 
+def test_interval(row: dict) -> tuple[float, float] | None:
+    """The 95 % interval of one run's test top-1 from its test-set size alone (Wilson score: binomial, and
+    unlike the normal approximation it stays inside [0, 1] near 0 % and 100 %)."""
+    n = row.get("test_images")
+    if row.get("top1") is None or not n:
+        return None
+    ci = binomtest(round(row["top1"] * n), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def config_spec(spec_json: str) -> dict:
     spec = json.loads(spec_json)
     for key in REPEAT_KEYS:
@@ -159,8 +171,13 @@ class Config:
     blocks_discarded: Stat
     blocks_discarded_per_stage: tuple[Stat, ...]
     flops_per_image: Stat
-    top1: Stat
+    top1: Stat  # the deployed network on the test split
     top5: Stat
+    top1_select: Stat
+    top1_gated: Stat
+    test_images: Stat
+    blocks_gate_mismatch: Stat
+    prune_logit_max_abs_diff: float | None  # the largest over the ok runs
     images_per_s: Stat
     images_per_s_per_device: Stat  # each run's images/s ÷ its world_size, then summarised
     mfu: Stat
@@ -261,6 +278,18 @@ def aggregate_configs(runs: list[dict]) -> list[Config]:
                 flops_per_image=summarize(r["flops_per_image"] for r in ok),
                 top1=summarize(r["top1"] for r in ok),
                 top5=summarize(r["top5"] for r in ok),
+                top1_select=summarize(r.get("top1_select") for r in ok),
+                top1_gated=summarize(r.get("top1_gated") for r in ok),
+                test_images=summarize(r.get("test_images") for r in ok),
+                blocks_gate_mismatch=summarize(r.get("blocks_gate_mismatch") for r in ok),
+                prune_logit_max_abs_diff=max(
+                    (
+                        r["prune_logit_max_abs_diff"]
+                        for r in ok
+                        if r.get("prune_logit_max_abs_diff") is not None
+                    ),
+                    default=None,
+                ),
                 images_per_s=summarize(r["images_per_s"] for r in ok),
                 images_per_s_per_device=summarize(
                     r["images_per_s"] / r["world_size"] if r["images_per_s"] is not None else None for r in ok

@@ -100,13 +100,13 @@ def pareto_plot(configs: list[Config], front: list[Config]) -> Figure | None:
             zorder=5,
         )
     ax.set_xlabel("active parameters after pruning (millions)")
-    ax.set_ylabel("validation top-1 (%)")
+    ax.set_ylabel("test top-1 (%)")
     ax.set_title("Top-1 vs active parameters")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
     _style(fig)
     return Figure(
         _png(fig),
-        alt="Scatter plot of validation top-1 accuracy against active parameters per run, with the Pareto front",
+        alt="Scatter plot of test top-1 accuracy against active parameters per run, with the Pareto front",
         caption="Small markers: runs; large markers joined by lines: configuration means of one family. Colour: "
         "depth; marker and line style: ResNet (○, solid), ε-ResNet (△, dashed), post-hoc purged (□, dotted). "
         "Circled and joined by the dashed staircase: the Pareto front.",
@@ -197,13 +197,13 @@ def curves_plot(curve_list: list[compare.Curve]) -> Figure | None:
             }
             label = f"{c.label} · {c.world_size} dev · {c.launcher}"
             loss_ax.plot(cv.epochs, _nan(cv.loss), label=label, **style)
-            top1_ax.plot(cv.epochs, [100 * v for v in _nan(cv.top1)], **style)
+            top1_ax.plot(cv.epochs, [100 * v for v in _nan(cv.top1_select)], **style)
             if c.variant == "eps":
                 any_eps = True
                 blocks_ax.plot(cv.epochs, _nan(cv.blocks_active), **style)
         loss_ax.set_title(f"{title}: training loss")
         loss_ax.set_ylabel("training loss")
-        top1_ax.set_title(f"{title}: validation top-1")
+        top1_ax.set_title(f"{title}: select top-1")
         top1_ax.set_ylabel("top-1 (%)")
         blocks_ax.set_title(f"{title}: active blocks (ε-ResNet)")
         blocks_ax.set_ylabel("active residual blocks")
@@ -219,7 +219,7 @@ def curves_plot(curve_list: list[compare.Curve]) -> Figure | None:
     _style(fig)
     return Figure(
         _png(fig),
-        alt="Training loss, validation top-1 and active blocks per epoch, one row per depth",
+        alt="Training loss, select top-1 and active blocks per epoch, one row per depth",
         caption="One line per configuration; line style: ResNet solid, ε-ResNet dashed, post-hoc purged dotted.",
     )
 

@@ -7,10 +7,13 @@ from datetime import datetime
 
 from suite.report import compare
 from suite.report.cells import (
+    DEPLOYED_HEADERS,
+    DEPLOYED_NOTE,
     MODEL_HEADERS,
     SPEED_HEADERS,
     STATS_NOTE,
     config_table,
+    deployed_row,
     model_row,
     runs_cell,
     shared_setup,
@@ -49,11 +52,12 @@ def headline(configs: list[Config], inputs: Inputs) -> Section:
         ),
         Paragraph(
             "Δ active: active parameters relative to the total of the plain ResNet of the same depth, width "
-            "and classes. Blocks discarded: ε-ResNet blocks gated off on every evaluation batch, or the k "
-            "blocks purged after training; per stage lists stages 1/2/3/4. GFLOPs: forward pass of the "
+            "and classes. Blocks discarded: ε-ResNet blocks gated off on every batch of the select split, or "
+            "the k blocks purged after training; per stage lists stages 1/2/3/4. GFLOPs: forward pass of the "
             "active network per image (2 FLOPs per multiply-add). images/s per device: each run's images/s ÷ "
             "its world size. MFU: model FLOPs utilisation as recorded by the run. Time to target: seconds "
-            "from the start of a run until its top-1 first reached `target_top1`, over the runs that reached it."
+            "from the start of a run until its select top-1 first reached `target_top1`, over the runs that "
+            "reached it. Accuracies are the deployed network's on the test split (results/README.md)."
         ),
     ]
     missing = [name for v, name in (("eps", "ε-ResNet"), ("posthoc", "post-hoc purged")) if not _has(ok, v)]
@@ -82,7 +86,11 @@ def headline(configs: list[Config], inputs: Inputs) -> Section:
             section.blocks.append(Paragraph(f"Every row: {shared}."))
         model = [model_row(c, varying) for c in members]
         speed = [speed_row(c, varying) for c in members]
+        deployed = [deployed_row(c, varying) for c in members]
         section.blocks.append(config_table("Size and accuracy", MODEL_HEADERS, model, varying, ()))
+        section.blocks.append(
+            config_table("The deployed network", DEPLOYED_HEADERS, deployed, varying, (DEPLOYED_NOTE,))
+        )
         section.blocks.append(config_table("Training throughput", SPEED_HEADERS, speed, varying, notes))
     return section
 
@@ -195,8 +203,9 @@ def curves(
         section.blocks.append(figure)
     section.blocks.append(
         Paragraph(
-            "Per-epoch means over the ok runs of each configuration (curve table). Active blocks: blocks not "
-            "gated off on every evaluation batch, shown for ε-ResNet runs."
+            "Per-epoch means over the ok runs of each configuration (curve table), on the select split (the "
+            "test split is measured once, after training). Active blocks: blocks not gated off on every "
+            "select batch, shown for ε-ResNet runs."
         )
     )
     rows = []
@@ -212,7 +221,7 @@ def curves(
                 f"{cv.runs} of {len(c.ok_runs)}",
                 str(len(cv.epochs)),
                 fmt_num(cv.loss[-1], 3),
-                fmt_num(cv.top1[-1], 2, 100),
+                fmt_num(cv.top1_select[-1], 2, 100),
                 active,
             )
         )
@@ -222,7 +231,7 @@ def curves(
         "runs with curves",
         "epochs",
         "final loss",
-        "final top-1 (%)",
+        "final select top-1 (%)",
         "active blocks",
     )
     section.blocks.append(Table(headers, tuple(rows), "llrrrrr"))
