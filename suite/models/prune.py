@@ -1,7 +1,10 @@
 """Exact pruning of ε-ResNets, post-hoc purging of plain ResNets, and saving what remains.
 
-A block whose ε gate was 0 on every evaluation batch computes relu(shortcut(x)) there; removing it (keeping
-a stage-first block's projection, see `ShortcutOnly`) yields a plain ResNet with the same logits on that data.
+A block whose ε gate was 0 on every batch of some data computes relu(shortcut(x)) there; removing it (keeping
+a stage-first block's projection, see `ShortcutOnly`) changes no logit on that data. The pruned network equals
+the gated one only where no kept block's gate is off as well: the gate is a max over a whole batch, so a kept
+block can be switched off on some batches. A run measures how far the two networks are apart on its test split
+(suite/evaluation.py, `measure_deployed`).
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def rebuild_without(model: ResNet, removed: Iterable[tuple[int, int]]) -> ResNet
 
 
 def prune(model: ResNet, data: Iterable) -> PruneResult:
-    """Remove every block whose ε gate was 0 on every batch of `data`; the logits on `data` are unchanged."""
+    """Remove every block whose ε gate was 0 on every batch of `data`; on `data`, the logits change only on
+    batches where a kept block was gated off too."""
     removed = gated_off_everywhere(model, data)
     return PruneResult(model=rebuild_without(model, removed), removed=removed)
 
