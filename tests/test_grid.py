@@ -12,7 +12,7 @@ from suite.errors import UserError
 BASE = """
 name: t
 cluster: {nodes: 2, devices_per_node: 2, cpus_per_worker: 0.5}
-defaults: {width: 8, small_stem: true, image_size: 32, dataset: synthetic, micro_batch: 8}
+defaults: {width: 8, small_stem: true, image_size: 32, dataset: synthetic, micro_batch: 8, epochs: 2}
 """
 
 
