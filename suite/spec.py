@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 from suite.data import registry as data_backends
@@ -102,6 +103,13 @@ class RunSpec:
             "repeat",
         ):
             check(getattr(self, name) >= 0, f"{name} must be ≥ 0, got {getattr(self, name)}")
+        # The gate acts from epoch eps_warmup_epochs on (suite/trainer.py); a warm-up as long as the run trains a
+        # plain ResNet with a side head, which the results would then label ε-ResNet.
+        check(
+            self.variant != "eps" or self.eps_warmup_epochs < self.epochs,
+            f"eps_warmup_epochs={self.eps_warmup_epochs} ≥ epochs={self.epochs}: the ε gate would never act;"
+            " accepted: eps_warmup_epochs < epochs",
+        )
         check(
             self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be ≥ 1 or null"
         )
@@ -130,6 +138,9 @@ class RunSpec:
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        check(self.lr_warmup_epochs >= 0, f"lr_warmup_epochs must be ≥ 0, got {self.lr_warmup_epochs}")
+        check(0 < self.step_gamma <= 1, f"step_gamma must be in (0, 1], got {self.step_gamma}")
+        check(self.side_loss_weight >= 0, f"side_loss_weight must be ≥ 0, got {self.side_loss_weight}")
         check(
             self.min_crop_scale is None or 0 < self.min_crop_scale <= 1,
             f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}",
@@ -203,8 +214,20 @@ def _type_ok(value, annotation: str) -> bool:
     return False
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (YAML reads 1e400 as inf, but 10**400 as int)
+        return False
+
+
 def _check_types(spec: RunSpec) -> None:
     for f in fields(spec):
         value = getattr(spec, f.name)
         if not _type_ok(value, str(f.type)):
             raise UserError(f"{f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
+        # YAML's .inf and .nan are floats and pass the type check; the range checks below would let inf
+        # through (lr > 0, epsilon ≥ 0) and word nan's refusal as a range error. Every float field, generically.
+        if str(f.type).startswith("float") and value is not None and not _finite(value):
+            accepted = "a finite number" + (" or null" if "None" in str(f.type) else "")
+            raise UserError(f"{f.name}={value!r} is not a finite number; accepted: {accepted}")

@@ -28,7 +28,7 @@ import textwrap
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,7 +40,9 @@ import yaml
 import launchers.driver  # noqa: F401
 import suite.run  # noqa: F401
 from resnet_bench import main
+from suite.errors import UserError
 from suite.results import read_runs
+from suite.spec import RunSpec
 from tests.data_trees import drop_dac_capabilities
 
 REPO = Path(__file__).resolve().parent.parent
@@ -292,6 +294,14 @@ CASES: list[Case] = [
          lambda w: "epsilon=0.1 given for variant 'resnet'", "only variant 'eps' has an ε gate"),
     Case("ε variant without ε", "grid", run_grid("points: [{variant: eps}]\n"),
          lambda w: "variant 'eps' needs epsilon", "a float ≥ 0"),
+    Case("ε warm-up as long as the run", "grid",
+         run_grid("points: [{variant: eps, epsilon: 0.5, epochs: 3, eps_warmup_epochs: 3}]\n"),
+         lambda w: "eps_warmup_epochs=3 ≥ epochs=3: the ε gate would never act",
+         "accepted: eps_warmup_epochs < epochs"),
+    Case("infinite learning rate", "grid", run_grid("points: [{lr: .inf}]\n"),
+         lambda w: "lr=inf is not a finite number", "accepted: a finite number"),
+    Case("NaN ε", "grid", run_grid("points: [{variant: eps, epsilon: .nan, epochs: 2}]\n"),
+         lambda w: "epsilon=nan is not a finite number", "accepted: a finite number or null"),
     Case("unknown architecture", "grid", run_grid("axes: {arch: [resnet18]}\n"),
          lambda w: "arch 'resnet18' unknown", "accepted: resnet50, resnet101, resnet152"),
     Case("unsupported precision", "grid", run_grid("points: [{precision: fp8}]\n"),
@@ -457,6 +467,64 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(case: Case, tmp_
     assert snapshot(w) == before, f"written: {sorted(snapshot(w) - before)}"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The same rules on RunSpec itself (what run-one, a grid and a Ray worker all build)
+
+EPS = {"variant": "eps", "epsilon": 0.1, "epochs": 2}  # a valid ε spec: gate on from the second epoch
+FLOAT_FIELDS = [f.name for f in fields(RunSpec) if str(f.type).startswith("float")]
+
+
+def refused(**values) -> str:
+    with pytest.raises(UserError) as e:
+        RunSpec(**values)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def test_an_eps_warmup_as_long_as_the_run_is_refused():
+    message = refused(variant="eps", epsilon=0.1, epochs=10, eps_warmup_epochs=10)
+    assert message == (
+        "eps_warmup_epochs=10 ≥ epochs=10: the ε gate would never act; accepted: eps_warmup_epochs < epochs"
+    )
+    assert "eps_warmup_epochs=1 ≥ epochs=1" in refused(variant="eps", epsilon=0.1)  # the bare defaults
+    assert "eps_warmup_epochs=5 ≥ epochs=3" in refused(
+        variant="eps", epsilon=0.1, epochs=3, eps_warmup_epochs=5
+    )
+    RunSpec(variant="eps", epsilon=0.1, epochs=10, eps_warmup_epochs=9)
+    RunSpec(variant="eps", epsilon=0.1, eps_warmup_epochs=0)
+    RunSpec(epochs=1, eps_warmup_epochs=1)  # no gate to act: a plain ResNet's warm-up is moot
+
+
+def test_every_float_field_is_checked_for_finiteness():
+    # Generic over the dataclass, so a new float field is covered without a new line in the validator.
+    assert {"lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs", "step_gamma", "epsilon",
+            "side_loss_weight", "min_crop_scale", "target_top1"} <= set(FLOAT_FIELDS)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), 10**400], ids=["inf", "-inf", "nan", "10**400"]
+)
+def test_a_non_finite_float_field_is_refused(name, value):
+    message = refused(**{**EPS, name: value})
+    assert message.startswith(f"{name}={value!r} is not a finite number; accepted: a finite number"), message
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr_warmup_epochs": -0.5}, "lr_warmup_epochs must be ≥ 0, got -0.5"),
+        ({"step_gamma": 0.0}, "step_gamma must be in (0, 1], got 0.0"),
+        ({"step_gamma": 1.5}, "step_gamma must be in (0, 1], got 1.5"),
+        ({"side_loss_weight": -0.1}, "side_loss_weight must be ≥ 0, got -0.1"),
+    ],
+)
+def test_out_of_range_schedule_and_loss_fields_are_refused(values, message):
+    assert refused(**EPS, **values) == message
+    RunSpec(**EPS, lr_warmup_epochs=0.0, step_gamma=1.0, side_loss_weight=0.0)  # the edges are accepted
+
+
 def test_a_run_whose_batch_the_data_cannot_fill_is_a_failed_row(tmp_path):
     # Not bad input in the validator's sense (it depends on the data), so it is a `failed` row: exit 1, the
     # error names the micro-batch, and the run is on record.
@@ -474,7 +542,11 @@ def test_a_run_whose_batch_the_data_cannot_fill_is_a_failed_row(tmp_path):
 def test_an_epsilon_axis_is_never_silently_dropped(tmp_path):
     body = grid_text(
         "axes: {epsilon: [0.2, 0.5]}\n",
-        base={**BASE_GRID, "defaults": {**BASE_GRID["defaults"], "variant": "eps", "epsilon": 0.1}},
+        # 2 epochs: the ε gate acts after its 1-epoch warm-up (a 1-epoch ε run is refused).
+        base={
+            **BASE_GRID,
+            "defaults": {**BASE_GRID["defaults"], "variant": "eps", "epsilon": 0.1, "epochs": 2},
+        },
     )
     grid = write(tmp_path / "grid.yaml", body)
     outcome = cli(

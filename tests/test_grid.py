@@ -12,7 +12,7 @@ from suite.errors import UserError
 BASE = """
 name: t
 cluster: {nodes: 2, devices_per_node: 2, cpus_per_worker: 0.5}
-defaults: {width: 8, small_stem: true, image_size: 32, dataset: synthetic, micro_batch: 8}
+defaults: {width: 8, small_stem: true, image_size: 32, dataset: synthetic, micro_batch: 8, epochs: 2}
 """
 
 
@@ -69,6 +69,32 @@ def test_shipped_grids_validate():
     imagenet = load_grid(GRIDS_DIR / "imagenet.yaml")
     assert {s.nodes for s in imagenet.specs} == {1, 2, 4}
     assert {s.global_batch for s in imagenet.specs} == {1024}
+
+
+def test_the_imagenet_grid_follows_the_official_eps_resnet_schedule():
+    # imagenetEpsilonResnet.py in github.com/yuxwind/epsilonResnet: 110 epochs, lr × 0.1 at epochs 30, 60, 85,
+    # 95, no adaptive restart; both variants on it, so the comparison has one budget.
+    from launchers.driver import GRIDS_DIR
+    from suite.optim import Schedule
+
+    specs = load_grid(GRIDS_DIR / "imagenet.yaml").specs
+    assert {s.variant for s in specs} == {"resnet", "eps"}
+    recipes = {(s.epochs, s.schedule, s.step_milestones, s.step_gamma, s.lr_warmup_epochs) for s in specs}
+    assert len(recipes) == 1, recipes
+    assert not any(s.lr_reset_on_discard for s in specs)
+    spec, per_epoch = specs[0], 10
+    schedule = Schedule(  # as suite/trainer.py builds it
+        total_steps=per_epoch * spec.epochs,
+        warmup_steps=round(spec.lr_warmup_epochs * per_epoch),
+        kind=spec.schedule,
+        steps_per_epoch=per_epoch,
+        milestones=spec.step_milestones,
+        gamma=spec.step_gamma,
+    )
+    lr = [schedule(step) for step in range(per_epoch * spec.epochs)]
+    drops = [step / per_epoch for step in range(1, len(lr)) if lr[step] < lr[step - 1]]
+    assert spec.epochs == 110 and drops == [30, 60, 85, 95]
+    assert lr[-1] == pytest.approx(1e-4)
 
 
 # (grid body, fragment the one-line message must contain)

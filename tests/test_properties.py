@@ -78,7 +78,15 @@ VALUES = {
     "unknown_key": st.just(1),
 }
 AXIS_KEYS = sorted(VALUES)
-BASE_DEFAULTS = {"width": 4, "small_stem": True, "image_size": 16, "dataset": "synthetic", "micro_batch": 8}
+# epochs 2: an ε point needs an epoch after its 1-epoch ε warm-up (suite/spec.py)
+BASE_DEFAULTS = {
+    "width": 4,
+    "small_stem": True,
+    "image_size": 16,
+    "dataset": "synthetic",
+    "micro_batch": 8,
+    "epochs": 2,
+}
 
 
 @st.composite

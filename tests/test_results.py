@@ -75,7 +75,7 @@ def test_results_readme_is_generated_from_the_schema():
 
 
 def test_round_trip_with_pyarrow_and_duckdb(tmp_path):
-    spec = RunSpec(variant="eps", epsilon=0.5, width=8, grid="g1")
+    spec = RunSpec(variant="eps", epsilon=0.5, epochs=2, width=8, grid="g1")  # ε gate on in the second epoch
     row = ok_row(spec)
     write_run(tmp_path, row, [curve(0, epsilon=None), curve(1, epsilon=0.5)])
     runs = read_runs(tmp_path, "g1")

@@ -92,7 +92,10 @@ class ShortcutOnly(nn.Module):
 
     A purged block computes relu(0 + shortcut(x)). For a block without projection that is relu(x) = x (its
     input already went through a ReLU), so the block disappears; a stage's first block changes shape and
-    keeps its projection. (The official ε-ResNet code drops the whole block and fails on this case.)
+    keeps its projection. The official ε-ResNet code keeps that shortcut too: its CIFAR compressed model
+    (cifarCompressedResnet.py in github.com/yuxwind/epsilonResnet) replaces a purged stage-first block by the
+    block's shortcut, there a parameter-free 2×2 average pool with zero-padded channels, and compressModel.py
+    keeps the ImageNet models' projection weights (`convshortcut`) when it removes blocks.
     """
 
     def __init__(self, downsample: nn.Module):
