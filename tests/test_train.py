@@ -94,6 +94,23 @@ def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks):
     assert "global batch" in proc.stdout and proc.stdout.count("global batch") == 1  # printed once, by rank 0
 
 
+def test_an_imagefolder_run_reports_top1_on_exactly_the_images_of_val(tmp_path):
+    from tests.data_trees import make_tree
+
+    make_tree(tmp_path / "data", {"train": {"a": 12, "b": 12}, "val": {"a": 3, "b": 4}})
+    config = write_config(
+        tmp_path, variant="eps", epsilon=0.5, dataset="imagefolder", data_dir=str(tmp_path / "data"),
+        micro_batch=4, epochs=2, eps_warmup_epochs=1,
+    )  # fmt: skip
+    proc = run_one(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert row["test_images"] == 7  # val/ whole, every image once; the select split came out of train/
+    assert round(row["top1"] * 7) == pytest.approx(row["top1"] * 7, abs=1e-9)
+    assert round(row["top1_gated"] * 7) == pytest.approx(row["top1_gated"] * 7, abs=1e-9)
+    assert row["blocks_gate_mismatch"] is not None and row["prune_logit_max_abs_diff"] >= 0
+
+
 def test_forced_nan_is_a_diverged_row(tmp_path):
     proc = run_one(tmp_path, write_config(tmp_path), env={"RESNET_BENCH_FAULTS": "nan_at_step=2"})
     assert proc.returncode == 1
