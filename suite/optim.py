@@ -61,8 +61,9 @@ class Schedule:
         """How many step milestones `step` has passed."""
         per_epoch = max(self.steps_per_epoch, 1)
         if self.restart_step == 0:
-            epochs_since = (step - self.warmup_steps) // per_epoch
-            return sum(epochs_since >= m for m in self.milestones)
+            # Milestones are epochs since the start of training, warm-up included (torchvision's references,
+            # Goyal et al. 2017): `step_milestones: [30, 60]` drops the rate at epochs 30 and 60.
+            return sum(step // per_epoch >= m for m in self.milestones)
         # Milestone m sits at (m × per_epoch / total) of the remaining span; compared in integers, so a
         # milestone that falls exactly on a step fires there and not one step late by rounding.
         total = max(self.total_steps, 1)

@@ -64,3 +64,9 @@ def test_warmup_is_linear_and_runs_only_once():
     lr = walk(schedule("step"), None)
     assert lr[: 5 * PER_EPOCH] == [(s + 1) / (5 * PER_EPOCH) for s in range(5 * PER_EPOCH)]
     assert lr[5 * PER_EPOCH] == 1.0
+
+
+def test_step_milestones_are_epochs_from_the_start_warmup_included():
+    lr = walk(schedule("step"), None)
+    drops = [s for s in range(1, TOTAL) if lr[s] < lr[s - 1]]
+    assert drops == [30 * PER_EPOCH, 60 * PER_EPOCH, 80 * PER_EPOCH]
