@@ -75,6 +75,7 @@ def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks):
     assert row["params_active"] <= row["params_total"] and row["blocks_total"] == 16
     assert row["blocks_discarded"] == sum(row["blocks_discarded_per_stage"])
     assert row["mfu"] > 0 and row["device_peak_flops_per_s"] > 0
+    assert row["mfu"] == pytest.approx(mfu_of(row, row["flops_per_image_unpruned"]), rel=1e-9)
     curves = read_curves(tmp_path / "results", "t").to_pylist()
     assert [c["epoch"] for c in curves] == [0, 1]
     assert curves[1]["loss"] < curves[0]["loss"]  # it learns
@@ -109,6 +110,29 @@ def test_an_imagefolder_run_reports_top1_on_exactly_the_images_of_val(tmp_path):
     assert round(row["top1"] * 7) == pytest.approx(row["top1"] * 7, abs=1e-9)
     assert round(row["top1_gated"] * 7) == pytest.approx(row["top1_gated"] * 7, abs=1e-9)
     assert row["blocks_gate_mismatch"] is not None and row["prune_logit_max_abs_diff"] >= 0
+
+
+def mfu_of(row: dict, flops: int) -> float:
+    return 3 * flops * row["images_per_s"] / (row["world_size"] * row["device_peak_flops_per_s"])
+
+
+def test_posthoc_purge_and_finetune_rows_count_the_network_that_ran(tmp_path):
+    config = write_config(tmp_path, variant="posthoc", purge_blocks=3, finetune_epochs=1, epochs=1)
+    proc = run_one(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert (row["blocks_total"], row["blocks_discarded"]) == (16, 3)
+    assert row["params_train"] == row["params_total"] > row["params_active"]  # no side head to train
+    # The timed window trained the full network: MFU counts its FLOPs, not the purged network's.
+    assert row["flops_per_image"] < row["flops_per_image_unpruned"]
+    assert row["mfu"] == pytest.approx(mfu_of(row, row["flops_per_image_unpruned"]), rel=1e-9)
+    # The purge changes the function (lossy by design); there is no ε gate to disagree with it.
+    assert row["prune_logit_max_abs_diff"] > 0 and row["blocks_gate_mismatch"] is None
+    curves = read_curves(tmp_path / "results", "t").to_pylist()
+    assert [(c["epoch"], c["blocks_active"]) for c in curves] == [
+        (0, 16),
+        (1, 13),
+    ]  # the fine-tune: 13 blocks
 
 
 def test_forced_nan_is_a_diverged_row(tmp_path):
