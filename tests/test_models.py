@@ -22,6 +22,7 @@ from suite.models import (
     load_model,
     prune,
     purge_closest_to_identity,
+    rebuild_without,
     split_outputs,
 )
 
@@ -144,6 +145,18 @@ def test_pruning_forced_blocks_keeps_logits_and_recounts(depth, tmp_path):
     assert count_params(loaded) == count_params(pruned)
     with torch.no_grad():
         assert torch.equal(loaded(x), after)
+
+
+def test_a_bf16_network_prunes_to_a_bf16_network():
+    torch.manual_seed(0)
+    model = build_model(arch="eps_resnet50", epsilon=1e-3, width=8, num_classes=7, small_stem=True)
+    _force_off(model, [(0, 1)])
+    model = _calibrated(model, torch.randn(6, 3, 32, 32)).to(torch.bfloat16)
+    pruned = rebuild_without(model, [(0, 1)]).eval()
+    assert {p.dtype for p in pruned.parameters()} == {torch.bfloat16}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(pruned(x), model(x))
 
 
 def test_posthoc_purge_removes_k_closest_blocks():

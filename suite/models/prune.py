@@ -97,7 +97,9 @@ def rebuild_without(model: ResNet, removed: Iterable[tuple[int, int]]) -> ResNet
     source = model.state_dict()
     state = {k: source[_source_key(k, arch, model.arch)].clone() for k in pruned.state_dict()}
     pruned.load_state_dict(state, strict=True)
-    return pruned.to(next(model.parameters()).device).train(model.training)
+    # Same device and dtype as the source: a bf16 engine's module is bf16, and its batches arrive in bf16.
+    p = next(model.parameters())
+    return pruned.to(device=p.device, dtype=p.dtype).train(model.training)
 
 
 def prune(model: ResNet, data: Iterable) -> PruneResult:
