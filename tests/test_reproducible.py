@@ -85,7 +85,11 @@ CURVE_VARIES = frozenset({"images_per_s", "elapsed_s"})
 MUST_COMPARE_RUN = (
     "top1",
     "top5",
-    "top1_unpruned",
+    "top1_select",
+    "top1_gated",
+    "test_images",
+    "prune_logit_max_abs_diff",
+    "blocks_gate_mismatch",
     "params_total",
     "params_active",
     "blocks_discarded",
@@ -93,7 +97,7 @@ MUST_COMPARE_RUN = (
     "flops_per_image",
     "timed_steps",
 )
-MUST_COMPARE_CURVE = ("epoch", "loss", "top1", "top5", "lr", "blocks_active", "epsilon")
+MUST_COMPARE_CURVE = ("epoch", "loss", "top1_select", "top5_select", "lr", "blocks_active", "epsilon")
 
 
 def bits(value):
