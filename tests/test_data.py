@@ -47,6 +47,10 @@ def test_synthetic_batches_shapes_lengths_and_fixed_val():
     (all_images, all_labels), *_ = list(whole.test)
     first_rank0 = next(iter(ranks[0].test))
     assert torch.equal(first_rank0[0][1], all_images[2]) and first_rank0[1][1] == all_labels[2]
+    # Select: its own stream, cut to select_fraction of the training size, every image once across ranks.
+    assert [sum(len(y) for _, y in loaders.select) for loaders in ranks] == [3, 3]  # round(0.1 × 64) = 6
+    (select_images, _), *_ = list(build_loaders(cfg, info, micro_batch=10, rank=0, world_size=1).select)
+    assert not any(torch.equal(a, b) for a in select_images for b in all_images)
     assert ranks[0].skipped == 0
     ranks[0].set_epoch(3)  # a no-op for synthetic data, but part of the interface
 
