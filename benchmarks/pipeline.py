@@ -8,6 +8,7 @@ the same size (RandomResizedCrop + flip, normalised float batches) with one Data
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -47,6 +48,13 @@ def imagenet_like(root: Path, *, per_class: int, val_per_class: int = 2, seed: i
     return root
 
 
+def per_class_for(images: int) -> int:
+    """Training images per class so the suite's train split, after the loaders hold out the select split
+    (`DataConfig.select_fraction`, at least one per class), still holds `images`."""
+    fraction = DataConfig().select_fraction
+    return math.ceil(math.ceil(images / CLASSES) / (1 - fraction)) + 1
+
+
 def _rate(loader, batches: int, workers: int) -> float:
     """Images/s per worker over `batches` batches, after the first (which pays the worker's start-up)."""
     it = iter(loader)
@@ -84,7 +92,7 @@ def torchvision_rate(root: Path, *, size: int, batch: int, batches: int) -> floa
 def data_pipeline(session: Session) -> dict:
     preset = session.preset
     size, batch, batches = preset.pipeline_image_size, preset.pipeline_batch, preset.pipeline_batches
-    root = imagenet_like(session.workdir / "imagenet-like", per_class=-(-(batches + 2) * batch // CLASSES))
+    root = imagenet_like(session.workdir / "imagenet-like", per_class=per_class_for((batches + 2) * batch))
     epochs = iter(range(10**6))
     ours, theirs = interleave(
         lambda: suite_rate(root, size=size, batch=batch, batches=batches, epoch=next(epochs)),

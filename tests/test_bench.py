@@ -171,9 +171,9 @@ def test_pruning_speedup_tiny():
 
 
 def test_data_pipeline_sides_tiny(tmp_path):
-    from benchmarks.pipeline import imagenet_like, suite_rate, torchvision_rate
+    from benchmarks.pipeline import imagenet_like, per_class_for, suite_rate, torchvision_rate
 
-    root = imagenet_like(tmp_path / "data", per_class=2, val_per_class=1)
+    root = imagenet_like(tmp_path / "data", per_class=per_class_for(3 * 4), val_per_class=1)
     assert suite_rate(root, size=32, batch=4, batches=2, epoch=0) > 0
     assert torchvision_rate(root, size=32, batch=4, batches=2) > 0
 
