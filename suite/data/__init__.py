@@ -3,8 +3,9 @@
 `preflight.prepare_data` is the preflight: it decides every "your data is wrong" case as a one-line
 `UserError` before a model is built, and returns a `config.DatasetInfo` that carries what ranks need (for
 image folders: the whole index), so the dataset is listed and checked once per run. `loaders.build_loaders` then gives each rank
-its micro-batches from that index: a disjoint, reshuffled-per-epoch shard of the training split and a disjoint
-shard of the validation split that, summed over ranks, counts every image exactly once.
+its micro-batches from that index: a disjoint, reshuffled-per-epoch shard of the training split, and disjoint
+shards of the select split (held out from the training images, for every decision) and of the test split (the
+val folder, reported) that, summed over ranks, count every image exactly once.
 
 Modules: `registry` (backend name → module), `config` (`DataConfig`, `DatasetInfo`, `data_config`),
 `preflight`, `loaders`, `decode` (the fused decode and crops), and one module per backend: `synthetic`,

@@ -74,7 +74,7 @@ class EpsilonBottleneck(Bottleneck):
             self.gated_off.fill_(False)
             return self.relu(f + self.shortcut(x))
         # All-reduce only while training: evaluation shards may differ in batch count across ranks (every
-        # validation image is counted once), so a collective there could deadlock; an eval decision only
+        # held-out image is counted once), so a collective there could deadlock; an eval decision only
         # shapes that batch's output, never the parameters.
         t = epsilon_gate(f, self.epsilon, synchronize=self.training)
         if self.training:
