@@ -1,6 +1,6 @@
 """The numerical spread (rounding alone) beside the spread over seeds, on the default grid's configurations.
 
-    python tests/probes/measure_spread.py OUT_DIR [--archs resnet50] [--seeds 0 1 2]
+    python tests/probes/measure_spread.py OUT_DIR [--archs resnet50] [--seeds 0 1 2] [--settings seeds threads2 avx2]
 
 Each configuration of grids/default.yaml (for the given depths) runs as one 2-rank torchrun `run-one`:
 - with every seed in --seeds, one intra-op thread per rank: the seed spread;
@@ -61,10 +61,10 @@ def main() -> None:
         for variant in grid["axes"]["variant"]
     ]
     for point in points:
-        for seed in [] if args.only else args.seeds:
+        for seed in args.seeds if "seeds" in args.settings else []:
             run(args.out, "spread-seeds", {**point, "seed": seed}, {})
         for name, env in PERTURBED.items():
-            if not args.only or name in args.only:
+            if name in args.settings:
                 run(args.out, f"spread-{name}", {**point, "seed": 0}, env)
     rows = []
     for path in sorted((args.out / "results").glob("*/runs/*.parquet")):
