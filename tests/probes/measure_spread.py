@@ -58,7 +58,7 @@ def main() -> None:
     points = [
         {**base, "arch": arch, "variant": variant, **({"epsilon": 0.5} if variant == "eps" else {})}
         for arch in args.archs
-        for variant in grid["axes"]["variant"]
+        for variant in args.variants or grid["axes"]["variant"]
     ]
     for point in points:
         for seed in args.seeds if "seeds" in args.settings else []:
