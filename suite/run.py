@@ -84,8 +84,8 @@ def _attempt(
     removed: list[tuple[int, int]] = []
     if spec.variant == "eps":
         # The discard rule: a block goes when its gate was off on every select batch of every rank, in eval
-        # mode (the mode of deployment): on the select split the pruned network then has the gated one's
-        # logits, by construction (results/README.md, "Splits and pruning").
+        # mode (the mode of deployment): removing such a block changes no logit on the select split; a kept
+        # block that some batch gates off still can (results/README.md, "Splits and pruning").
         removed = result.always_off
         active = rebuild_without(model, removed)
     elif spec.variant == "posthoc" and spec.purge_blocks:
