@@ -10,12 +10,17 @@ repeats: 1                    # each point runs this many times (seed = seed + r
 defaults: {width: 8, image_size: 32, epochs: 2, ...}   # RunSpec fields shared by every point
 axes:                         # cartesian product
   arch: [resnet50, resnet101, resnet152]
-  variant: [resnet, eps]
-  epsilon: [0.5, 1.0]         # applies to variant 'eps' points only
+  variant: [resnet, eps, scratch]
+  epsilon: [0.5, 1.0]         # applies to the points that have an ε: eps, and the children naming a parent
   nodes: [1, 2]
 points:                       # extra points: overrides of the defaults
   - {arch: resnet50, variant: posthoc, purge_blocks: 4}
+  - {arch: resnet50, variant: posthoc, epsilon: 0.5, purge_blocks: match, finetune_epochs: 1}
+  - {arch: resnet50, variant: resnet, side_head: true}
 ```
+Children (`scratch`, and `posthoc` with `purge_blocks: match`) copy a decision of their ε parent: the `eps`
+point equal to them in every other field, ε and repeat included (`RunSpec.parent`). The parent must be in the
+grid, and the grid lists (and runs) every parent before any child.
 `global_batch` may be given (in defaults, an axis or a point) instead of `grad_accum`: the accumulation is
 then derived per point, and must come out a whole number.
 """
@@ -30,6 +35,7 @@ from suite.config import load_yaml
 from suite.errors import UserError, check, suggest
 from suite.results import check_name
 from suite.spec import RunSpec
+from suite.vocab import PURGE_MATCH
 
 TOP_KEYS = (
     "name",
@@ -145,18 +151,40 @@ def _expand_axes(axes: dict, defaults: dict, where: str) -> list[dict]:
         return combos
     out = []
     for combo in combos:
-        # ε is an axis of the ε variant only: a plain ResNet point is not multiplied by it. The variant may
-        # come from the axes or from the defaults.
-        if {**defaults, **combo}.get("variant") == "eps":
+        # ε is an axis of the points that have one only: a plain ResNet point is not multiplied by it. The
+        # variant may come from the axes or from the defaults.
+        if _has_epsilon({**defaults, **combo}):
             out.extend({**combo, "epsilon": e} for e in eps_values)
         else:
             out.append(combo)
     check(
-        any({**defaults, **c}.get("variant") == "eps" for c in combos),
-        f"{where}: axes.epsilon applies to no point (ε is for variant 'eps' only); accepted: an epsilon axis"
-        " together with variant eps in the axes or the defaults",
+        any(_has_epsilon({**defaults, **c}) for c in combos),
+        f"{where}: axes.epsilon applies to no point; accepted: an epsilon axis together with variant eps or"
+        " scratch (or posthoc with purge_blocks: match) in the axes or the defaults",
     )
     return out
+
+
+def _has_epsilon(values: dict) -> bool:
+    """eps points have an ε gate; scratch and matched posthoc points name their ε parent by it."""
+    variant = values.get("variant")
+    return variant in ("eps", "scratch") or (
+        variant == "posthoc" and values.get("purge_blocks") == PURGE_MATCH
+    )
+
+
+def parents_first(specs: list[RunSpec], labels: dict[str, str]) -> list[RunSpec]:
+    """Every child's parent must be a point of the grid; parents are listed (and run) before children."""
+    ids = {s.run_id for s in specs}
+    for spec in specs:
+        parent = spec.parent
+        check(
+            parent is None or parent.run_id in ids,
+            f"{labels[spec.run_id]}: variant {spec.variant!r} copies the discards of an eps point with"
+            f" epsilon {spec.epsilon} and every other field the same, which the grid does not have; accepted:"
+            " the eps point in the axes or the points",
+        )
+    return [s for s in specs if not s.has_parent] + [s for s in specs if s.has_parent]
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -205,6 +233,7 @@ def load_grid(path: str | Path) -> Grid:
             check(spec.run_id not in seen, f"{label}: duplicates {seen.get(spec.run_id)} (same run spec)")
             seen[spec.run_id] = label
             specs.append(spec)
+    specs = parents_first(specs, seen)
     slots = cluster.nodes * cluster.devices_per_node
     concurrency = raw.get("concurrency")
     if concurrency is None:

@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
 from suite.distributed import Placement, all_reduce_max, all_reduce_sum
 
@@ -140,3 +143,24 @@ def measure_deployed(
         logit_max_abs_diff=max_diff,
         gate_mismatch=[(s, j) for (s, j, _), f in zip(blocks, flags, strict=True) if f],
     )
+
+
+@torch.no_grad()
+def reestimate_batchnorm(
+    model: nn.Module, loader, placement: Placement, dtype: torch.dtype, batches: int
+) -> None:
+    """Measure every BatchNorm's running mean and variance again on `batches` batches of `loader`, then
+    average them over the ranks, so every rank deploys the same network.
+
+    torch's `update_bn` (torch.optim.swa_utils) does the pass: it resets the statistics and accumulates an
+    equal-weight average over the batches instead of the training-time exponential one.
+    """
+    images = (x.to(placement.device, dtype, non_blocking=True) for x, _ in itertools.islice(loader, batches))
+    update_bn(images, model)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world > 1:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                for buffer in (m.running_mean, m.running_var):
+                    dist.all_reduce(buffer)
+                    buffer.div_(world)

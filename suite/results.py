@@ -106,7 +106,10 @@ def write_run(results: str | Path, row: dict, curves: list[dict], *, before_rena
 
 
 def _read(directory: Path, schema: pa.Schema) -> pa.Table:
-    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+    return _read_files(sorted(p for p in directory.glob("*.parquet") if not p.name.startswith(".")), schema)
+
+
+def _read_files(files: list[Path], schema: pa.Schema) -> pa.Table:
     if not files:
         return schema.empty_table()
     for f in files:
@@ -144,6 +147,14 @@ def read_runs(results: str | Path, grid: str | None = None) -> pa.Table:
 def read_curves(results: str | Path, grid: str | None = None) -> pa.Table:
     """Per-epoch curve rows of one grid, or of every grid under `results`."""
     return _read_all(results, grid, "curves", CURVE_SCHEMA)
+
+
+def read_run(results: str | Path, grid: str, run_id: str) -> dict | None:
+    """The row of one run, or None if it has none yet."""
+    path = grid_dir(results, grid) / "runs" / f"{check_name('run id', run_id)}.parquet"
+    if not path.exists():
+        return None
+    return _read_files([path], RUN_SCHEMA).to_pylist()[0]
 
 
 def finished_run_ids(results: str | Path, grid: str) -> set[str]:

@@ -45,6 +45,7 @@ class Measured:
     blocks_total: int
     blocks_discarded_per_stage: list[int]
     removed: list[tuple[int, int]]  # (stage, block) of every block pruned away
+    blocks_removed: list[int]  # the same blocks as indices over the unpruned network (the column)
     flops_per_image: int
     flops_per_image_unpruned: int
     world_size: int
@@ -106,6 +107,9 @@ def _spec_columns(spec: RunSpec) -> dict:
         "arch": spec.arch,
         "variant": spec.variant,
         "epsilon": spec.epsilon,
+        "side_head": spec.side_head,
+        "lr_reset_on_discard": spec.variant == "eps" and spec.lr_reset_on_discard,
+        "parent_run_id": spec.parent.run_id if spec.parent else None,
         "width": spec.width,
         "image_size_px": spec.image_size,
         "num_classes": spec.num_classes or 0,
@@ -134,6 +138,7 @@ def _measured_columns(m: Measured) -> dict:
         "blocks_total": m.blocks_total,
         "blocks_discarded": len(m.removed),
         "blocks_discarded_per_stage": m.blocks_discarded_per_stage,
+        "blocks_removed": m.blocks_removed,
         "flops_per_image": m.flops_per_image,
         "flops_per_image_unpruned": m.flops_per_image_unpruned,
         "world_size": m.world_size,

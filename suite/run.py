@@ -26,17 +26,68 @@ from suite.data.loaders import build_loaders
 from suite.data.preflight import prepare_data
 from suite.distributed import Placement, all_reduce_sum, broadcast_object, gather_objects, setup
 from suite.errors import UserError
-from suite.evaluation import evaluate, measure_deployed
-from suite.models import build_model, count_flops, count_params, purge_closest_to_identity, rebuild_without
+from suite.evaluation import evaluate, measure_deployed, reestimate_batchnorm
+from suite.models import (
+    block_numbers,
+    block_pairs,
+    build_model,
+    count_flops,
+    count_params,
+    purge_closest_to_identity,
+    rebuild_without,
+)
 from suite.peaks import device_info
-from suite.results import write_run
+from suite.results import grid_dir, read_run, write_run
 from suite.row import Measured, run_row
 from suite.spec import RunSpec
 from suite.trainer import Diverged, Trainer, TrainState
 
+# Training batches per rank that BatchNorm's statistics are re-estimated on after a post-hoc purge: about 3 k
+# images at micro-batch 32, enough for a stable mean and variance of every channel.
+BN_BATCHES = 100
+# A post-hoc fine-tune adjusts a trained network: cosine from a tenth of the peak learning rate, no warm-up,
+# instead of restarting the training schedule at its peak.
+FINETUNE_LR_SCALE = 0.1
+
+
+def finetune_spec(spec: RunSpec) -> RunSpec:
+    """The recipe of the fine-tune after a post-hoc purge: its own short schedule, untimed."""
+    return replace(
+        spec, warmup_steps=0, lr=spec.lr * FINETUNE_LR_SCALE, lr_warmup_epochs=0.0, schedule="cosine"
+    )
+
+
+class ParentNotOk(RuntimeError):
+    """A child (scratch, matched posthoc) whose ε parent has no `ok` row: there is nothing to copy."""
+
+
+def parent_facts(spec: RunSpec, results_dir: str | Path) -> dict | None:
+    """What a child copies from its ε parent's row: the blocks it removed. Rank 0 reads, every rank hears."""
+    parent = spec.parent
+    if parent is None:
+        return None
+    row = read_run(results_dir, parent.grid, parent.run_id) if dist.get_rank() == 0 else None
+    row = broadcast_object(row and {k: row[k] for k in ("status", "blocks_removed", "error")})
+    what = f"its parent {parent.run_id} (eps, ε = {parent.epsilon}, repeat {parent.repeat})"
+    if row is None:
+        raise ParentNotOk(
+            f"{what} has no row in {grid_dir(results_dir, parent.grid)}: a grid runs children after their"
+            " parents; outside a grid, run the parent first"
+        )
+    if row["status"] != "ok":
+        reason = (row["error"] or "").splitlines()[0] if row["error"] else ""
+        raise ParentNotOk(f"{what} finished {row['status']!r}{': ' + reason if reason else ''}")
+    return row
+
 
 def _attempt(
-    spec: RunSpec, placement: Placement, context: RunContext, info: DatasetInfo, micro: int, accum: int
+    spec: RunSpec,
+    placement: Placement,
+    context: RunContext,
+    info: DatasetInfo,
+    micro: int,
+    accum: int,
+    parent: dict | None,
 ) -> Measured:
     """One training attempt at a given micro-batch: train, prune or purge (and fine-tune), measure."""
     run_start = time.perf_counter()
@@ -44,18 +95,25 @@ def _attempt(
     loaders = build_loaders(
         data_config(spec), info, micro_batch=micro, rank=placement.rank, world_size=placement.world_size
     )
+    # scratch: the parent's pruned architecture, freshly initialised (the seed decides the weights).
+    inherited = tuple(parent["blocks_removed"]) if spec.variant == "scratch" else ()
+    shape = {"width": spec.width, "num_classes": info.num_classes, "small_stem": spec.small_stem}
     model = build_model(
         arch=spec.model_arch,
-        epsilon=spec.epsilon,
-        width=spec.width,
-        num_classes=info.num_classes,
-        small_stem=spec.small_stem,
+        epsilon=spec.epsilon if spec.variant == "eps" else None,
         zero_init_residual=spec.zero_init_residual,
+        side_head=spec.side_head,
+        removed=inherited,
+        **shape,
     )
     # The side head is a training device (Yu et al. 2018, Sec. 3.2) and never deployed: it counts in
-    # params_train only.
+    # params_train only. A scratch network's total is the unpruned network it was cut from.
     params_train = count_params(model)
-    params_total = params_train - (count_params(model.side) if hasattr(model, "side") else 0)
+    params_total = (
+        count_params(build_model(arch=spec.arch, side_head=False, **shape))
+        if inherited
+        else params_train - (count_params(model.side) if hasattr(model, "side") else 0)
+    )
     flops_unpruned = count_flops(model, spec.image_size)
     trainer = Trainer(
         spec,
@@ -81,19 +139,23 @@ def _attempt(
     model = trainer.model
     selected = result  # the trained network on the select split, after the last epoch
     active = model
-    removed: list[tuple[int, int]] = []
+    removed: list[tuple[int, int]] = block_pairs(model.arch.layers, inherited)
     if spec.variant == "eps":
         # The discard rule: a block goes when its gate was off on every select batch of every rank, in eval
         # mode (the mode of deployment): removing such a block changes no logit on the select split; a kept
         # block that some batch gates off still can (results/README.md, "Splits and pruning").
         removed = result.always_off
         active = rebuild_without(model, removed)
-    elif spec.variant == "posthoc" and spec.purge_blocks:
-        purge = purge_closest_to_identity(model, loaders.select, spec.purge_blocks)
+    elif spec.variant == "posthoc":
+        k = len(parent["blocks_removed"]) if parent else spec.purge_blocks
+        purge = purge_closest_to_identity(model, loaders.select, k)
         removed, active = purge.removed, purge.model
+        # The blocks after a purged one now see other inputs: their BatchNorm statistics are measured again
+        # on training batches before anything is evaluated or fine-tuned.
+        reestimate_batchnorm(active, loaders.train, placement, trainer.dtype, BN_BATCHES)
         if spec.finetune_epochs:
             tuner = Trainer(
-                replace(spec, warmup_steps=0),
+                finetune_spec(spec),
                 active,
                 loaders,
                 placement,
@@ -106,7 +168,9 @@ def _attempt(
             active = tuner.model
     if active is not model:  # the deployed network on the select split
         selected = evaluate(active, loaders.select, placement, trainer.dtype)
-    test = measure_deployed(model, active, loaders.test, placement, trainer.dtype, removed)
+    test = measure_deployed(
+        model, active, loaders.test, placement, trainer.dtype, [] if inherited else removed
+    )
     flops_active = count_flops(active, spec.image_size)
     timing = measure.combine_ranks(gather_objects(summary))
     device = device_info(spec.precision, placement.device)
@@ -120,6 +184,7 @@ def _attempt(
             n - len(k) for n, k in zip(active.arch.layers, active.arch.kept_blocks(), strict=True)
         ],
         removed=removed,
+        blocks_removed=block_numbers(model.arch.layers, removed),
         flops_per_image=flops_active,
         flops_per_image_unpruned=flops_unpruned,
         world_size=placement.world_size,
@@ -200,10 +265,11 @@ def run(
     measured, oom_retries, status, error = None, 0, "ok", None
     micro, accum = spec.micro_batch, spec.grad_accum
     try:
+        parent = parent_facts(spec, results_dir)
         info = info or prepare_data_once(data_config(spec))
         while measured is None:
             try:
-                measured = _attempt(spec, placement, context, info, micro, accum)
+                measured = _attempt(spec, placement, context, info, micro, accum, parent)
             except torch.OutOfMemoryError:
                 # Half the micro-batch, twice the accumulation: the global batch (and so the science) is kept.
                 if micro == 1:
@@ -219,6 +285,8 @@ def run(
                     )
     except Diverged as e:
         status, error = "diverged", str(e)
+    except ParentNotOk as e:  # the grid goes on; a re-submitted grid retries it once the parent is ok
+        status, error = "failed", str(e)
     except Exception as e:  # a failure is a row, never a lost result
         status, error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
     row = run_row(

@@ -14,7 +14,7 @@ import pyarrow as pa
 from suite.data import registry as data_backends
 from suite.vocab import ARCHS, LAUNCHERS, PRECISIONS, STATUSES, VARIANT_DOCS, VARIANTS, ZERO_STAGES, one_of
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,28 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
                 one_of(VARIANTS, VARIANT_DOCS),
                 False,
             ),
-            Column("epsilon", pa.float64(), "ε of the strict-identity gate (null unless variant = eps)"),
+            Column(
+                "epsilon",
+                pa.float64(),
+                "ε of the strict-identity gate (eps); for scratch and matched posthoc, the ε of the parent",
+            ),
+            Column(
+                "side_head",
+                pa.bool_(),
+                "trained with ε-ResNet's side supervision (side_loss_weight × the side head's loss)",
+                False,
+            ),
+            Column(
+                "lr_reset_on_discard",
+                pa.bool_(),
+                "eps: the learning rate restarts when the discard count rises (false for other variants)",
+                False,
+            ),
+            Column(
+                "parent_run_id",
+                pa.string(),
+                "scratch and matched posthoc: run_id of the eps run whose discards this run copies",
+            ),
             Column("width", pa.int32(), "base width (64 in the papers)", False),
             Column("image_size_px", pa.int32(), "training/eval input side in pixels", False),
             Column("num_classes", pa.int32(), "classifier outputs", False),
@@ -74,15 +95,24 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
             Column(
                 "blocks_discarded",
                 pa.int32(),
-                "blocks removed (ε: gated off on every select batch; posthoc: k)",
+                "blocks removed (ε: gated off on every select batch; posthoc: k; scratch: its parent's)",
             ),
             Column(
                 "blocks_discarded_per_stage", pa.list_(pa.int32()), "blocks removed in each of the 4 stages"
             ),
             Column(
+                "blocks_removed",
+                pa.list_(pa.int32()),
+                "indices of the removed blocks, from 0, counted over the unpruned network stage by stage",
+            ),
+            Column(
                 "flops_per_image", pa.int64(), "forward FLOPs per image of the active network (2 per MAC)"
             ),
-            Column("flops_per_image_unpruned", pa.int64(), "forward FLOPs per image before pruning"),
+            Column(
+                "flops_per_image_unpruned",
+                pa.int64(),
+                "forward FLOPs per image of the network trained, before any pruning",
+            ),
         ),
     ),
     (

@@ -9,25 +9,31 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from suite.data import registry as data_backends
 from suite.errors import UserError, check, suggest
 from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
 from suite.results import check_name
-from suite.vocab import LAUNCHERS, PRECISIONS, SCHEDULES, VARIANTS, ZERO_STAGES
+from suite.vocab import LAUNCHERS, PRECISIONS, PURGE_MATCH, SCHEDULES, VARIANTS, ZERO_STAGES
 
 
 @dataclass(frozen=True)
 class RunSpec:
     # model
     arch: str = "resnet50"  # depth: resnet50 | resnet101 | resnet152
-    variant: str = "resnet"  # resnet | eps (ε-ResNet) | posthoc (plain ResNet purged after training)
-    epsilon: float | None = None  # ε of the gate; eps variant only
-    eps_warmup_epochs: int = 1  # train with ε = 0 first (see suite/trainer.py: why)
+    variant: str = "resnet"  # suite/vocab.py VARIANTS: resnet | eps | posthoc | scratch
+    # ε of the gate (eps); for scratch and `purge_blocks: match` it names the ε-ResNet parent instead.
+    epsilon: float | None = None
+    # Epochs trained with the gate off first (see suite/trainer.py: why); null: 1, or 0 for a 1-epoch run.
+    eps_warmup_epochs: int | None = None
     lr_reset_on_discard: bool = True  # ε-ResNet's adaptive learning-rate reset
-    side_loss_weight: float = 0.1  # ε-ResNet side supervision (Yu et al. 2018, Sec. 3.2)
-    purge_blocks: int = 0  # posthoc: blocks closest to the identity to remove
+    # ε-ResNet side supervision (Yu et al. 2018, Sec. 3.2); null: on for eps, off otherwise. Any variant may
+    # have it, so a plain ResNet can train with exactly ε-ResNet's loss.
+    side_head: bool | None = None
+    side_loss_weight: float = 0.1
+    # posthoc: blocks closest to the identity to remove, or "match": as many as the ε parent discarded
+    purge_blocks: int | str = 0
     finetune_epochs: int = 0  # posthoc: epochs of fine-tuning after the purge
     width: int = 64
     small_stem: bool = False
@@ -75,23 +81,39 @@ class RunSpec:
         _check_types(self)
         check(self.arch in STAGE_DEPTHS, f"arch {self.arch!r} unknown; accepted: {', '.join(STAGE_DEPTHS)}")
         check(self.variant in VARIANTS, f"variant {self.variant!r} unknown; accepted: {', '.join(VARIANTS)}")
-        if self.variant == "eps":
-            check(self.epsilon is not None, "variant 'eps' needs epsilon (a float ≥ 0)")
-            check(self.epsilon >= 0, f"epsilon must be ≥ 0, got {self.epsilon}")
-        else:
+        # Defaults that depend on other fields are resolved here, so `{variant: eps}` and
+        # `{variant: eps, side_head: true}` are one configuration with one run id.
+        if self.side_head is None:
+            object.__setattr__(self, "side_head", self.variant == "eps")
+        if self.eps_warmup_epochs is None:
+            object.__setattr__(self, "eps_warmup_epochs", min(1, self.epochs - 1) if self.epochs >= 1 else 0)
+        if isinstance(self.purge_blocks, str):
             check(
-                self.epsilon is None,
-                f"epsilon={self.epsilon} given for variant {self.variant!r}; only variant 'eps' has an ε gate",
+                self.purge_blocks == PURGE_MATCH,
+                f"purge_blocks {self.purge_blocks!r}; accepted: an integer ≥ 0 or {PURGE_MATCH!r}",
             )
-        check(self.purge_blocks >= 0, f"purge_blocks must be ≥ 0, got {self.purge_blocks}")
+        else:
+            check(self.purge_blocks >= 0, f"purge_blocks must be ≥ 0, got {self.purge_blocks}")
+            blocks = sum(STAGE_DEPTHS[self.arch])
+            check(
+                self.purge_blocks <= blocks,
+                f"purge_blocks {self.purge_blocks} > {blocks} blocks of {self.arch}",
+            )
         check(
             self.variant == "posthoc" or (self.purge_blocks == 0 and self.finetune_epochs == 0),
             "purge_blocks/finetune_epochs apply to variant 'posthoc' only",
         )
-        blocks = sum(STAGE_DEPTHS[self.arch])
-        check(
-            self.purge_blocks <= blocks, f"purge_blocks {self.purge_blocks} > {blocks} blocks of {self.arch}"
-        )
+        if self.variant == "eps" or self.has_parent:
+            who = "variant 'eps'" if self.variant == "eps" else f"variant {self.variant!r} with a parent"
+            check(self.epsilon is not None, f"{who} needs epsilon (a float ≥ 0)")
+            check(self.epsilon >= 0, f"epsilon must be ≥ 0, got {self.epsilon}")
+        else:
+            need = " (scratch and `purge_blocks: match` name their ε parent by it)"
+            check(
+                self.epsilon is None,
+                f"epsilon={self.epsilon} given for variant {self.variant!r}; only variant 'eps' has an ε gate"
+                + (need if self.variant == "posthoc" else ""),
+            )
         for name in ("width", "epochs", "micro_batch", "grad_accum", "nodes", "devices_per_node"):
             check(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in (
@@ -163,6 +185,19 @@ class RunSpec:
         return EPS_PREFIX + self.arch if self.variant == "eps" else self.arch
 
     @property
+    def has_parent(self) -> bool:
+        """scratch and `purge_blocks: match` copy a decision of an ε-ResNet run: their parent."""
+        return self.variant == "scratch" or (self.variant == "posthoc" and self.purge_blocks == PURGE_MATCH)
+
+    @property
+    def parent(self) -> RunSpec | None:
+        """The `eps` run this one copies: the same spec in every other field, ε and repeat included, with
+        ε-ResNet's side head and without the post-hoc fields."""
+        if not self.has_parent:
+            return None
+        return replace(self, variant="eps", side_head=True, purge_blocks=0, finetune_epochs=0)
+
+    @property
     def world_size(self) -> int:
         return self.nodes * self.devices_per_node
 
@@ -203,6 +238,8 @@ def _type_ok(value, annotation: str) -> bool:
     }
     if value is None:
         return "None" in annotation
+    if annotation == "int | str":
+        return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
     if annotation.startswith("tuple"):
         return isinstance(value, (tuple, list)) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value

@@ -11,8 +11,15 @@ from suite.models.registry import STAGE_DEPTHS
 
 ARCHS: tuple[str, ...] = tuple(STAGE_DEPTHS)  # resnet50, resnet101, resnet152
 # eps: ε-ResNet (Yu et al. 2018), blocks gated off during training are pruned; posthoc: the plain network with
-# the blocks closest to an identity purged after training.
-VARIANT_DOCS = {"resnet": "", "eps": "ε-ResNet", "posthoc": "plain ResNet, purged after training"}
+# the blocks closest to an identity purged after training; scratch: the architecture an ε-ResNet parent was
+# pruned to, trained again from a fresh initialisation (Liu et al. 2019, "Rethinking the Value of Network
+# Pruning": the control for "is it the weights or the architecture?").
+VARIANT_DOCS = {
+    "resnet": "",
+    "eps": "ε-ResNet",
+    "posthoc": "plain ResNet, purged after training",
+    "scratch": "its ε parent's pruned architecture, re-trained from scratch",
+}
 VARIANTS = tuple(VARIANT_DOCS)
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2)
@@ -20,6 +27,9 @@ SCHEDULES = ("cosine", "step")
 # How a run's ranks were started: by a Ray Train worker group, torchrun, srun, or as one plain process.
 LAUNCHERS = ("ray", "torchrun", "srun", "local")
 DIRECT_LAUNCHERS = ("torchrun", "srun")  # what a Ray launch is compared against
+# Children copy a decision of their ε-ResNet parent (its discards), so they run after it (launchers/grid.py).
+CHILD_VARIANTS = ("scratch", "posthoc")
+PURGE_MATCH = "match"  # posthoc purge_blocks: as many blocks as the ε parent discarded
 STATUSES = ("ok", "diverged", "failed")
 FINISHED = ("ok", "diverged")  # a re-submitted grid skips these; failed runs are retried
 

@@ -24,6 +24,7 @@ def ok_row(spec: RunSpec, **overrides) -> dict:
         blocks_total=16,
         blocks_discarded=2,
         blocks_discarded_per_stage=[0, 1, 1, 0],
+        blocks_removed=[5, 9],
         flops_per_image=2_000_000,
         flops_per_image_unpruned=2_200_000,
         world_size_changed=False,

@@ -386,14 +386,14 @@ CASES: list[Case] = [
     Case("rows of another schema version (run)", "results",
          lambda w: schema_99(w / "results") and run_grid("")(w),
          lambda w: f"{w / 'results' / 'g' / 'runs' / 'old.parquet'} has result schema version 99",
-         "this resnet-bench reads version 2"),
+         "this resnet-bench reads version 3"),
     Case("a results file that is not Parquet (run)", "results",
          lambda w: write(w / "results" / "g" / "runs" / "x.parquet", "garbage") and run_grid("")(w),
          lambda w: str(w / "results" / "g" / "runs" / "x.parquet")),
     # --- report -------------------------------------------------------------------------------------------
     Case("report: rows of another schema version", "report",
          lambda w: schema_99(w / "results") and ["report", str(w / "results")],
-         lambda w: "old.parquet has result schema version 99", "this resnet-bench reads version 2"),
+         lambda w: "old.parquet has result schema version 99", "this resnet-bench reads version 3"),
     Case("report: results directory missing", "report", lambda w: ["report", str(w / "nothing")],
          lambda w: f"results directory '{w / 'nothing'}' does not exist", "accepted: a directory of grids"),
     Case("report: unknown grid", "report",
@@ -487,7 +487,10 @@ def test_an_eps_warmup_as_long_as_the_run_is_refused():
     assert message == (
         "eps_warmup_epochs=10 ≥ epochs=10: the ε gate would never act; accepted: eps_warmup_epochs < epochs"
     )
-    assert "eps_warmup_epochs=1 ≥ epochs=1" in refused(variant="eps", epsilon=0.1)  # the bare defaults
+    assert "eps_warmup_epochs=1 ≥ epochs=1" in refused(variant="eps", epsilon=0.1, eps_warmup_epochs=1)
+    # Unset, the warm-up is 1 epoch, or none for a 1-epoch run: the bare defaults are a valid ε spec.
+    assert RunSpec(variant="eps", epsilon=0.1).eps_warmup_epochs == 0
+    assert RunSpec(variant="eps", epsilon=0.1, epochs=2).eps_warmup_epochs == 1
     assert "eps_warmup_epochs=5 ≥ epochs=3" in refused(
         variant="eps", epsilon=0.1, epochs=3, eps_warmup_epochs=5
     )

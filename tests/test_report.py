@@ -247,6 +247,9 @@ def make_run(index: int, entry: tuple) -> tuple[dict, list[dict]]:
         "arch": arch,
         "variant": variant,
         "epsilon": eps,
+        "side_head": variant == "eps",
+        "lr_reset_on_discard": variant == "eps",
+        "parent_run_id": None,
         "width": 64,
         "image_size_px": 224,
         "num_classes": 1000,
@@ -629,7 +632,7 @@ def test_other_schema_version_is_one_line_error(tmp_path, capsys):
         pa.Table.from_pylist([{**row, "schema_version": 99}], schema=schema),
         tmp_path / GRID / "runs" / "future.parquet",
     )
-    with pytest.raises(UserError, match="schema version 99; this resnet-bench reads version 2"):
+    with pytest.raises(UserError, match="schema version 99; this resnet-bench reads version 3"):
         build_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

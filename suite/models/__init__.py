@@ -16,6 +16,8 @@ from suite.models.registry import (
     EPS_PREFIX,
     STAGE_DEPTHS,
     arch_spec,
+    block_numbers,
+    block_pairs,
     build_model,
     check_image_size,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "ResNet",
     "ShortcutOnly",
     "arch_spec",
+    "block_numbers",
+    "block_pairs",
     "build_model",
     "check_image_size",
     "count_flops",

@@ -45,6 +45,8 @@ def arch_spec(
     width: int = 64,
     num_classes: int = 1000,
     small_stem: bool = False,
+    side_head: bool | None = None,
+    removed: tuple[int, ...] = (),
 ) -> ArchSpec:
     """Validate the arguments of `build_model` and return the architecture description."""
     check(arch in ARCHITECTURES, f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
@@ -62,15 +64,38 @@ def arch_spec(
             epsilon is None,
             f"epsilon={epsilon!r} given for {arch}, which has no ε gate; use {EPS_PREFIX}{arch}",
         )
+    layers = STAGE_DEPTHS[entry.depth]
+    check(
+        all(0 <= b < sum(layers) for b in removed),
+        f"removed blocks {list(removed)} outside the {sum(layers)} blocks of {arch}",
+    )
     return ArchSpec(
         name=arch,
-        layers=STAGE_DEPTHS[entry.depth],
+        layers=layers,
         width=width,
         small_stem=small_stem,
         num_classes=num_classes,
         epsilon=None if epsilon is None else float(epsilon),
-        side_head=entry.gated,
+        side_head=entry.gated if side_head is None else side_head,
+        kept=kept_without(layers, removed) if removed else None,
     )
+
+
+def block_numbers(layers: tuple[int, ...], blocks: list[tuple[int, int]]) -> list[int]:
+    """(stage, block) pairs as indices over the whole network, stage by stage (the `blocks_removed` column)."""
+    return sorted(sum(layers[:s]) + j for s, j in blocks)
+
+
+def block_pairs(layers: tuple[int, ...], numbers) -> list[tuple[int, int]]:
+    """The inverse of `block_numbers`."""
+    every = [(s, j) for s, n in enumerate(layers) for j in range(n)]
+    return [every[b] for b in sorted(numbers)]
+
+
+def kept_without(layers: tuple[int, ...], removed) -> tuple[tuple[int, ...], ...]:
+    """Per stage, the block indices left when the blocks numbered `removed` (over the network) are gone."""
+    gone = set(block_pairs(layers, removed))
+    return tuple(tuple(j for j in range(n) if (s, j) not in gone) for s, n in enumerate(layers))
 
 
 def build_model(
@@ -81,6 +106,8 @@ def build_model(
     num_classes: int = 1000,
     small_stem: bool = False,
     zero_init_residual: bool = False,
+    side_head: bool | None = None,
+    removed: tuple[int, ...] = (),
 ) -> ResNet:
     """Build a registered architecture.
 
@@ -91,9 +118,20 @@ def build_model(
     `width` is the base width (64 in the papers); `small_stem` swaps the 7×7/2 stem and max-pool for a 3×3/1
     stem, for 32–64 px inputs. `zero_init_residual` starts every block's last BN scale at 0, so each block
     begins as the identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 5.1).
+    `side_head` overrides the architecture's own choice (ε: on, plain: off), so a plain ResNet can train with
+    ε-ResNet's side supervision. `removed` builds the network without those blocks (numbered over the whole
+    network, `block_numbers`), freshly initialised: a pruned architecture trained from scratch.
     """
     model = ResNet(
-        arch_spec(arch=arch, epsilon=epsilon, width=width, num_classes=num_classes, small_stem=small_stem)
+        arch_spec(
+            arch=arch,
+            epsilon=epsilon,
+            width=width,
+            num_classes=num_classes,
+            small_stem=small_stem,
+            side_head=side_head,
+            removed=removed,
+        )
     )
     if zero_init_residual:
         for stage in model.stages:
