@@ -24,6 +24,11 @@ def _forward_flops(arch: str, width: int, small_stem: bool, image_size: int, num
     return count_flops(model, image_size)
 
 
+def variant_cell(variant: str, side_head: bool) -> str:
+    """The variant, marked when it has a side head it would not have by default (the side-head control)."""
+    return f"{variant} + side head" if side_head and variant != "eps" else variant
+
+
 def estimate_seconds(spec: RunSpec, info: DatasetInfo, peak_per_device: float, mfu: float) -> float:
     """Training-time estimate: 3 × forward FLOPs × images ÷ (world × peak × assumed MFU)."""
     per_rank_steps = info.train_size // (spec.micro_batch * spec.world_size)
@@ -63,7 +68,7 @@ def plan_table(grid: Grid, infos: dict[RunSpec, DatasetInfo], finished: set[str]
         table.add_row(
             spec.run_id,
             spec.arch,
-            spec.variant,
+            variant_cell(spec.variant, spec.side_head),
             "" if spec.epsilon is None else f"{spec.epsilon:g}",
             f"{spec.nodes}×{spec.devices_per_node}",
             str(spec.global_batch),
@@ -95,7 +100,7 @@ def summary_table(rows: list[dict], title: str) -> Table:
     for r in sorted(rows, key=lambda r: (r["arch"], r["variant"], r["epsilon"] or 0, r["repeat"])):
         table.add_row(
             r["run_id"],
-            r["variant"],
+            variant_cell(r["variant"], r["side_head"]),
             "" if r["epsilon"] is None else f"{r['epsilon']:g}",
             r["status"],
             "" if r["params_active"] is None else f"{r['params_active']:,}",

@@ -244,34 +244,12 @@ def run_grid(
     if todo:
         with ray_session(grid) as resources:
             check_capacity(grid, todo, resources)
-            tuner = tune.Tuner(
-                tune.with_resources(
-                    tune.with_parameters(trial, datasets=share_datasets(todo, infos)),
-                    {"cpu": TRIAL_DRIVER_CPU},
-                ),
-                param_space={
-                    "spec": tune.grid_search([s.to_dict() for s in todo]),
-                    "cluster": asdict(grid.cluster),
-                    "max_failures": grid.max_failures,
-                    "results": str(Path(results).resolve()),
-                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                },
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=grid.concurrency,
-                    # A trial process already holds ray.train, torch and pyarrow imported: the next point
-                    # reuses it instead of paying those imports again (`trial` keeps no state between points).
-                    reuse_actors=True,
-                    trial_name_creator=_trial_name,
-                    trial_dirname_creator=_trial_name,
-                ),
-                run_config=tune.RunConfig(
-                    name=grid.name,
-                    storage_path=str((grid_dir(results, grid.name) / ".tune").resolve()),
-                    verbose=0,
-                    callbacks=[progress] if progress else None,
-                ),
-            )
-            tuner.fit()
+            datasets = share_datasets(todo, infos)
+            # Children (scratch, matched posthoc) read their parent's row: every parent runs in an earlier
+            # Tune experiment than its children (launchers/grid.py lists parents first).
+            waves = [[s for s in todo if not s.has_parent], [s for s in todo if s.has_parent]]
+            for wave, specs in enumerate(w for w in waves if w):
+                _tuner(grid, results, specs, datasets, progress, wave).fit()
     rows = read_runs(results, grid.name).select(["run_id", "status"]).to_pylist()
     statuses = {r["run_id"]: r["status"] for r in rows}
     wanted = {s.run_id for s in grid.specs}
@@ -281,6 +259,34 @@ def run_grid(
             shutil.rmtree(grid_dir(results, grid.name) / name, ignore_errors=True)
         remove_temporaries(results, grid.name)
     return GridOutcome(len(grid.specs), len(grid.specs) - len(todo), len(todo), statuses)
+
+
+def _tuner(grid: Grid, results: str, specs: list[RunSpec], datasets: dict, progress, wave: int) -> tune.Tuner:
+    """One Tune experiment over `specs`: each a trial running one Ray Train run (`trial`)."""
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial, datasets=datasets), {"cpu": TRIAL_DRIVER_CPU}),
+        param_space={
+            "spec": tune.grid_search([s.to_dict() for s in specs]),
+            "cluster": asdict(grid.cluster),
+            "max_failures": grid.max_failures,
+            "results": str(Path(results).resolve()),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        },
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=grid.concurrency,
+            # A trial process already holds ray.train, torch and pyarrow imported: the next point reuses it
+            # instead of paying those imports again (`trial` keeps no state between points).
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=grid.name if wave == 0 else f"{grid.name}-children",
+            storage_path=str((grid_dir(results, grid.name) / ".tune").resolve()),
+            verbose=0,
+            callbacks=[progress] if progress else None,
+        ),
+    )
 
 
 def _trial_name(trial) -> str:

@@ -166,6 +166,8 @@ def _attempt(
             )
             tuner.train_epochs(state, spec.epochs, run_start)
             active = tuner.model
+    if active is model and hasattr(model, "side"):
+        active = rebuild_without(model, [])  # a plain network's side head is never deployed either
     if active is not model:  # the deployed network on the select split
         selected = evaluate(active, loaders.select, placement, trainer.dtype)
     test = measure_deployed(
