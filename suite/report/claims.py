@@ -47,7 +47,10 @@ def ci_cell(c: Config) -> str:
     if ci is None:
         return DASH
     if ci.half is None:
-        return f"1 run: {fmt_bounds(top1_bar(c), 2, 100)} (test set)"
+        bounds = top1_bar(c)  # None: the row has no test_images to size a binomial interval by
+        return (
+            f"1 run: {fmt_bounds(bounds, 2, 100)} (test set)" if bounds else "1 run (test-set size unknown)"
+        )
     return fmt_pm(ci.mean, ci.half, 2, 100)
 
 
