@@ -421,7 +421,7 @@ def test_deployed_network_table_shows_test_top1_with_its_interval_and_the_prunin
     row = next(
         line
         for line in markdown.splitlines()
-        if line.startswith("| ResNet-101 purged, k = 6 |") and "[" in line
+        if line.startswith("| ResNet-101 purged, k = 6 |") and f"| {n:,} |" in line  # the deployed table
     )
     assert f"| {n:,} | {100 * top1:.2f} | [{100 * low:.1f}, {100 * high:.1f}] | {100 * gated:.2f} |" in row
     assert row.endswith(f"| — | {diff:.2g} |")  # no ε gate to disagree; the purge's logit change
@@ -617,7 +617,11 @@ def test_single_run_without_curves_says_what_is_missing(tmp_path):
     assert main(["report", str(tmp_path), "--grid", GRID, "--out", str(out)]) == 0
     markdown = (out / "report.md").read_text()
     assert "No ε-ResNet and no post-hoc purged runs finished ok" in markdown
-    assert "Every configuration has a single ok run: no standard deviations" in markdown
+    assert "1 of 1 configurations have a single ok run: no standard deviation" in markdown
+    assert "ResNet-50: only plain ResNet runs, nothing to compare." in markdown  # the headline sentence
+    low, high = wilson(round(row["top1"] * row["test_images"]), row["test_images"])
+    single = f"| ResNet-50 | 1 | {100 * row['top1']:.2f} | — | 1 run: [{100 * low:.2f}, {100 * high:.2f}] (test set) |"
+    assert single + " baseline |" in markdown
     assert "No curve rows (`curves/*.parquet`) for any ok run." in markdown
     assert "none found (world sizes: 4)" in markdown
     assert "none found (launchers with a measured throughput: ray)" in markdown

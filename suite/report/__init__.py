@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suite.files import write_atomic
-from suite.report import compare, plots, sections
+from suite.report import compare, plots, sections, stats
 from suite.report.data import Config, Inputs, aggregate_configs, load
 from suite.report.document import Document
 from suite.report.html import render_html
@@ -31,6 +31,7 @@ class Analysis:
     scaling: list[compare.ScalingSeries]
     launcher_pairs: list[compare.LauncherPair]
     curves: list[compare.Curve]
+    paired: dict[str, stats.Paired]  # by Config.key: each arm's paired difference from its plain ResNet
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ def analyse(inputs: Inputs) -> Analysis:
         scaling=compare.scaling_series(configs),
         launcher_pairs=compare.launcher_pairs(configs),
         curves=compare.curves(configs, inputs.curves),
+        paired=stats.paired_differences(configs),
     )
 
 
@@ -60,7 +62,7 @@ def build_document(analysis: Analysis) -> Document:
         title=title,
         intro=sections.intro(inputs, configs),
         sections=[
-            sections.headline(configs, inputs),
+            sections.headline(configs, inputs, analysis.paired),
             sections.pareto(
                 configs, analysis.pareto_front, plots.pareto_plot(configs, analysis.pareto_front), many_grids
             ),

@@ -15,11 +15,30 @@ from suite.report.document import (
 )
 
 # Spec keys already shown by a configuration's label; the "setup" column shows the other keys that vary.
-LABEL_KEYS = ("arch", "variant", "epsilon", "purge_blocks", "finetune_epochs", *REPEAT_KEYS)
+LABEL_KEYS = (
+    "arch",
+    "variant",
+    "epsilon",
+    "side_head",
+    "lr_reset_on_discard",
+    "purge_blocks",
+    "finetune_epochs",
+    *REPEAT_KEYS,
+)
 STATS_NOTE = (
     "Numbers are over the `status = ok` runs of a configuration: the mean ± the sample standard deviation "
     f"(no ± for a single run or when every run recorded the same value); with ≥ {OLYMPIC_MIN} runs the olympic mean (minimum and maximum dropped) and "
     f"the deviation of the remaining runs, marked {OLYMPIC_MARK}."
+)
+
+COLUMNS_NOTE = (
+    "Δ active: active parameters relative to the total of the plain ResNet of the same depth, width "
+    "and classes. Blocks discarded: ε-ResNet blocks gated off on every batch of the select split, or "
+    "the k blocks purged after training; per stage lists stages 1/2/3/4. GFLOPs: forward pass of the "
+    "active network per image (2 FLOPs per multiply-add). images/s per device: each run's images/s ÷ "
+    "its world size. MFU: model FLOPs utilisation as recorded by the run. Time to target: seconds "
+    "from the start of a run until its select top-1 first reached `target_top1`, over the runs that "
+    "reached it. Accuracies are the deployed network's on the test split (results/README.md)."
 )
 
 
@@ -42,7 +61,7 @@ def varying_keys(configs: list[Config]) -> list[str]:
     return [k for k in keys if len({repr(c.spec.get(k)) for c in configs}) > 1]
 
 
-def _setup(c: Config, varying: list[str]) -> str:
+def setup_cell(c: Config, varying: list[str]) -> str:
     parts = []
     if "nodes" in varying or "devices_per_node" in varying:
         shape = f" ({c.nodes}×{c.devices_per_node})" if c.nodes > 1 else ""
@@ -164,7 +183,7 @@ def _intervals(c: Config) -> str:
 def deployed_row(c: Config, varying: list[str]) -> tuple[str, ...]:
     return (
         c.label,
-        _setup(c, varying),
+        setup_cell(c, varying),
         runs_cell(c),
         fmt_exact_or_stat(c.test_images, 0),
         fmt_stat(c.top1, 2, 100),
@@ -179,7 +198,7 @@ def deployed_row(c: Config, varying: list[str]) -> tuple[str, ...]:
 def model_row(c: Config, varying: list[str]) -> tuple[str, ...]:
     return (
         c.label,
-        _setup(c, varying),
+        setup_cell(c, varying),
         runs_cell(c),
         fmt_exact_or_stat(c.params_total, 0),
         fmt_exact_or_stat(c.params_active, 0),
@@ -195,7 +214,7 @@ def model_row(c: Config, varying: list[str]) -> tuple[str, ...]:
 def speed_row(c: Config, varying: list[str]) -> tuple[str, ...]:
     return (
         c.label,
-        _setup(c, varying),
+        setup_cell(c, varying),
         runs_cell(c),
         fmt_stat(c.images_per_s, 0),
         fmt_stat(c.images_per_s_per_device, 1),

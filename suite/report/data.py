@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 
 from suite.errors import check
 from suite.results import SAFE_NAME, read_curves, read_runs
-from suite.vocab import ARCHS, VARIANTS, depth_title
+from suite.vocab import ARCHS, PURGE_MATCH, VARIANTS, depth_title
 
 REPEAT_KEYS = ("repeat", "seed")  # what varies between repeats of one configuration
 OLYMPIC_MIN = 5  # from this many values on, the mean drops the minimum and the maximum (olympic mean)
@@ -127,19 +127,48 @@ def fmt_eps(epsilon: float) -> str:
     return f"{epsilon:g}"
 
 
-def model_label(arch: str, variant: str, epsilon: float | None, purge_blocks: int, finetune: int) -> str:
+def parent_name(arch: str, epsilon: float | None, lr_reset: bool) -> str:
+    """The ε parent a scratch or matched post-hoc run copies, short: `ε-50's (ε = 0.5)`."""
+    inside = ", ".join(
+        ([f"ε = {fmt_eps(epsilon)}"] if epsilon is not None else [])
+        + ([] if lr_reset else ["no LR restarts"])
+    )
+    return f"ε-{arch.removeprefix('resnet')}'s" + (f" ({inside})" if inside else "")
+
+
+def model_label(
+    arch: str,
+    variant: str,
+    epsilon: float | None,
+    purge_blocks: int | str,
+    finetune: int,
+    *,
+    side_head: bool = False,
+    lr_reset: bool = True,
+) -> str:
+    """One line that tells every arm apart: the side head, the LR restarts and the ε parent are named when
+    they differ from the arm's default (side head on for ε-ResNet only, restarts on)."""
     depth = depth_title(arch)
     if variant == "eps":
-        return f"ε-{depth}, ε = {fmt_eps(epsilon)}" if epsilon is not None else f"ε-{depth}"
+        text = f"ε-{depth}, ε = {fmt_eps(epsilon)}" if epsilon is not None else f"ε-{depth}"
+        return text + ("" if lr_reset else ", no LR restarts") + ("" if side_head else ", no side head")
+    base = depth + (" + side head" if side_head else "")
     if variant == "posthoc":
         tune = f", fine-tuned {finetune} ep" if finetune else ""
-        return f"{depth} purged, k = {purge_blocks}{tune}"
-    return depth
+        k = parent_name(arch, epsilon, lr_reset) if purge_blocks == PURGE_MATCH else purge_blocks
+        return f"{base} purged, k = {k}{tune}"
+    if variant == "scratch":
+        return f"{base} from scratch at {parent_name(arch, epsilon, lr_reset)} architecture"
+    return base
 
 
-def family_label(arch: str, variant: str) -> str:
+def family_label(arch: str, variant: str, side_head: bool = False) -> str:
+    """The line a configuration belongs to in the plots: one per depth and arm."""
     depth = depth_title(arch)
-    return {"eps": f"ε-{depth}", "posthoc": f"{depth} purged"}.get(variant, depth)
+    if variant == "eps":
+        return f"ε-{depth}"
+    base = depth + (" + side head" if side_head else "")
+    return {"posthoc": f"{base} purged", "scratch": f"{base} from scratch"}.get(variant, base)
 
 
 @dataclass(frozen=True)
@@ -151,8 +180,10 @@ class Config:
     grid: str
     arch: str
     variant: str
-    epsilon: float | None
-    purge_blocks: int
+    epsilon: float | None  # scratch and matched posthoc: the ε of the parent
+    purge_blocks: int | str  # posthoc: k, or "match" (k = the parent's discards, the row's blocks_discarded)
+    side_head: bool
+    lr_reset: bool  # the spec's lr_reset_on_discard: eps, and the ε parent of scratch / matched posthoc
     launcher: str
     world_size: int
     nodes: int
@@ -203,8 +234,11 @@ class Config:
             self.grid,
             depth_rank(self.arch),
             VARIANT_ORDER.get(self.variant, 9),
+            self.side_head != (self.variant == "eps"),  # the arm's default first, the control after it
             self.epsilon if self.epsilon is not None else -1.0,
-            self.purge_blocks,
+            not self.lr_reset,
+            # "match" after every k: it is a different kind of purge, not a number to order by.
+            (1, 0) if self.purge_blocks == PURGE_MATCH else (0, self.purge_blocks),
             self.world_size,
             self.nodes,
             self.launcher,
@@ -242,7 +276,9 @@ def aggregate_configs(runs: list[dict]) -> list[Config]:
         statuses: dict[str, int] = {}
         for r in rows:
             statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-        purge = int(spec.get("purge_blocks") or 0)
+        purge = spec.get("purge_blocks") or 0
+        purge = purge if purge == PURGE_MATCH else int(purge)
+        side_head, lr_reset = bool(first["side_head"]), bool(spec.get("lr_reset_on_discard", True))
         configs.append(
             Config(
                 key=key,
@@ -252,6 +288,8 @@ def aggregate_configs(runs: list[dict]) -> list[Config]:
                 variant=first["variant"],
                 epsilon=first["epsilon"],
                 purge_blocks=purge,
+                side_head=side_head,
+                lr_reset=lr_reset,
                 launcher=first["launcher"],
                 world_size=first["world_size"],
                 nodes=first["nodes"],
@@ -265,8 +303,10 @@ def aggregate_configs(runs: list[dict]) -> list[Config]:
                     first["epsilon"],
                     purge,
                     int(spec.get("finetune_epochs") or 0),
+                    side_head=side_head,
+                    lr_reset=lr_reset,
                 ),
-                family=family_label(first["arch"], first["variant"]),
+                family=family_label(first["arch"], first["variant"], side_head),
                 runs=tuple(rows),
                 ok_runs=tuple(ok),
                 params_total=summarize(r["params_total"] for r in ok),

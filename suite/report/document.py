@@ -88,3 +88,20 @@ def fmt_pct(value: float | None, digits: int = 1, signed: bool = False) -> str:
     if value is None:
         return DASH
     return f"{value:+.{digits}f} %" if signed else f"{value:.{digits}f} %"
+
+
+def fmt_pm(
+    centre: float | None, half: float | None, digits: int, scale: float = 1.0, signed: bool = False
+) -> str:
+    """`centre ± half-width` of an interval (just the centre when there is no half-width); signed: `+0.12`."""
+    if centre is None:
+        return DASH
+    text = f"{centre * scale:+,.{digits}f}" if signed else fmt_num(centre, digits, scale)
+    return text if half is None else f"{text} ± {fmt_num(half, digits, scale)}"
+
+
+def fmt_bounds(bounds: tuple[float, float] | None, digits: int, scale: float = 1.0) -> str:
+    """`[low, high]`, for intervals that are not symmetric about their centre (Wilson)."""
+    if bounds is None:
+        return DASH
+    return f"[{fmt_num(bounds[0], digits, scale)}, {fmt_num(bounds[1], digits, scale)}]"

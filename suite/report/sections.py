@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from suite.report import compare
+from suite.report import claims, compare
 from suite.report.cells import (
+    COLUMNS_NOTE,
     DEPLOYED_HEADERS,
     DEPLOYED_NOTE,
     MODEL_HEADERS,
@@ -36,40 +37,42 @@ from suite.report.document import (
     fmt_pct,
     fmt_stat,
 )
+from suite.report.stats import Paired
 from suite.vocab import depth_title
 
 
-def headline(configs: list[Config], inputs: Inputs) -> Section:
+def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -> Section:
     section = Section("1. Headline: ResNet vs ε-ResNet vs post-hoc purged", "headline")
     ok = [c for c in configs if c.ok_runs]
     if not ok:
         section.blocks.append(Paragraph(_nothing_ok(inputs)))
         return section
+    many_grids = len({c.grid for c in ok}) > 1
+    by_depth = _by_depth(ok)
+    section.blocks += [
+        Paragraph(claims.headline_sentence(_title(g, a, many_grids), cs, paired, many_grids))
+        for (g, a), cs in by_depth.items()
+    ]
     section.blocks += [
         Paragraph(
             "A configuration is a run spec (`spec_json`) without `repeat` and `seed`: its runs differ only in "
             "the repeat index and the seed. " + STATS_NOTE
         ),
-        Paragraph(
-            "Δ active: active parameters relative to the total of the plain ResNet of the same depth, width "
-            "and classes. Blocks discarded: ε-ResNet blocks gated off on every batch of the select split, or "
-            "the k blocks purged after training; per stage lists stages 1/2/3/4. GFLOPs: forward pass of the "
-            "active network per image (2 FLOPs per multiply-add). images/s per device: each run's images/s ÷ "
-            "its world size. MFU: model FLOPs utilisation as recorded by the run. Time to target: seconds "
-            "from the start of a run until its select top-1 first reached `target_top1`, over the runs that "
-            "reached it. Accuracies are the deployed network's on the test split (results/README.md)."
-        ),
+        Paragraph(COLUMNS_NOTE),
     ]
     missing = [name for v, name in (("eps", "ε-ResNet"), ("posthoc", "post-hoc purged")) if not _has(ok, v)]
     if missing:
         section.blocks.append(Paragraph(f"No {' and no '.join(missing)} runs finished ok in these results."))
-    if all(len(c.ok_runs) == 1 for c in ok):
+    single = sum(len(c.ok_runs) == 1 for c in ok)
+    if single:
         section.blocks.append(
-            Paragraph("Every configuration has a single ok run: no standard deviations can be given.")
+            Paragraph(
+                f"{single} of {len(ok)} configurations have a single ok run: no standard deviation, and their "
+                'rows say "1 run" with the run\'s binomial test-set interval; no conclusion is drawn from them.'
+            )
         )
-    many_grids = len({c.grid for c in ok}) > 1
-    for (grid, arch), members in _by_depth(ok).items():
-        title = depth_title(arch) + (f" ({grid})" if many_grids else "")
+    for i, ((grid, arch), members) in enumerate(by_depth.items()):
+        title = _title(grid, arch, many_grids)
         varying = varying_keys(members)
         notes = []
         if any(s.olympic for c in members for s in (c.top1, c.images_per_s)):
@@ -87,12 +90,17 @@ def headline(configs: list[Config], inputs: Inputs) -> Section:
         model = [model_row(c, varying) for c in members]
         speed = [speed_row(c, varying) for c in members]
         deployed = [deployed_row(c, varying) for c in members]
+        section.blocks.append(claims.top1_table(members, varying, paired, i == 0))
         section.blocks.append(config_table("Size and accuracy", MODEL_HEADERS, model, varying, ()))
         section.blocks.append(
             config_table("The deployed network", DEPLOYED_HEADERS, deployed, varying, (DEPLOYED_NOTE,))
         )
         section.blocks.append(config_table("Training throughput", SPEED_HEADERS, speed, varying, notes))
     return section
+
+
+def _title(grid: str, arch: str, many_grids: bool) -> str:
+    return depth_title(arch) + (f" ({grid})" if many_grids else "")
 
 
 def _has(configs: list[Config], variant: str) -> bool:
@@ -125,10 +133,12 @@ def pareto(configs: list[Config], front: list[Config], figure: Figure | None, ma
         figure,
         Paragraph(
             "Pareto front: configurations that no other configuration beats with fewer active parameters "
-            "and a higher mean top-1."
+            "and a higher mean top-1. It is built on the means; error bars are the 95 % intervals (t-interval "
+            "of the mean from 2 runs on, one run's binomial test-set interval), and points whose intervals "
+            "overlap are not distinguishable."
         ),
         Table(
-            ("configuration", "where", "runs", "params active", "top-1 (%)"),
+            ("configuration", "where", "runs", "params active", "top-1 (%)", "95 % interval (%)"),
             tuple(
                 (
                     c.label,
@@ -136,10 +146,11 @@ def pareto(configs: list[Config], front: list[Config], figure: Figure | None, ma
                     runs_cell(c),
                     fmt_exact_or_stat(c.params_active, 0),
                     fmt_stat(c.top1, 2, 100),
+                    claims.ci_cell(c),
                 )
                 for c in front
             ),
-            "llrrr",
+            "llrrrr",
         ),
     ]
     return section
