@@ -15,7 +15,16 @@ from suite.data import registry as data_backends
 from suite.errors import UserError, check, suggest
 from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
 from suite.results import check_name
-from suite.vocab import LAUNCHERS, PRECISIONS, PURGE_MATCH, SCHEDULES, VARIANTS, ZERO_STAGES
+from suite.vocab import (
+    AUGMENTS,
+    LAUNCHERS,
+    PRECISIONS,
+    PURGE_MATCH,
+    SCHEDULES,
+    SMALL_IMAGE_MAX_PX,
+    VARIANTS,
+    ZERO_STAGES,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,10 @@ class RunSpec:
     data_dir: str | None = None
     num_classes: int | None = None  # from the data unless given
     loader_workers: int = 2
-    min_crop_scale: float | None = None  # None: the data backend's default
+    # suite/vocab.py AUGMENTS; null: pad_crop for inputs ≤ SMALL_IMAGE_MAX_PX (unless min_crop_scale is given),
+    # else random_resized_crop.
+    augment: str | None = None
+    min_crop_scale: float | None = None  # random_resized_crop's area lower bound; None: the backend's default
     # Share of each class's training images held out as the select split, which every decision reads; the
     # test split (reported) is the dataset's val/ (suite/data/loaders.py).
     select_fraction: float = 0.1
@@ -85,6 +97,15 @@ class RunSpec:
         # `{variant: eps, side_head: true}` are one configuration with one run id.
         if self.side_head is None:
             object.__setattr__(self, "side_head", self.variant == "eps")
+        if self.augment is None:
+            small = self.image_size <= SMALL_IMAGE_MAX_PX and self.min_crop_scale is None
+            object.__setattr__(self, "augment", "pad_crop" if small else "random_resized_crop")
+        check(self.augment in AUGMENTS, f"augment {self.augment!r}; accepted: {', '.join(AUGMENTS)}")
+        check(
+            self.augment == "random_resized_crop" or self.min_crop_scale is None,
+            f"min_crop_scale={self.min_crop_scale} applies to augment 'random_resized_crop' only, not"
+            f" {self.augment!r}",
+        )
         if self.eps_warmup_epochs is None:
             object.__setattr__(self, "eps_warmup_epochs", min(1, self.epochs - 1) if self.epochs >= 1 else 0)
         if isinstance(self.purge_blocks, str):

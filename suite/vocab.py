@@ -24,6 +24,16 @@ VARIANTS = tuple(VARIANT_DOCS)
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2)
 SCHEDULES = ("cosine", "step")
+# Training augmentation of decoded images. random_resized_crop: ImageNet's (Szegedy et al. 2015; torchvision's
+# references), evaluated on a resized centre crop. pad_crop: the one He et al. 2016 (Sec. 4.2) use for CIFAR's
+# 32 px images: pad, take a random crop of the original size, flip; evaluated on the whole image. A crop of 8 %
+# of a 32 px image keeps about 9 px of it, too little to learn from: small inputs get pad_crop by default.
+AUGMENT_DOCS = {
+    "random_resized_crop": "RandomResizedCrop + flip; eval: resize + centre crop",
+    "pad_crop": "pad by 1/8 of the side, random crop, flip; eval: the whole image",
+}
+AUGMENTS = tuple(AUGMENT_DOCS)
+SMALL_IMAGE_MAX_PX = 64  # inputs up to this side get pad_crop unless the spec says otherwise
 # How a run's ranks were started: by a Ray Train worker group, torchrun, srun, or as one plain process.
 LAUNCHERS = ("ray", "torchrun", "srun", "local")
 DIRECT_LAUNCHERS = ("torchrun", "srun")  # what a Ray launch is compared against

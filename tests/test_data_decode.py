@@ -35,3 +35,52 @@ def test_train_crop_in_draft_mode_matches_the_full_size_decode(tmp_path, monkeyp
     for a, b in zip(drafted, full, strict=True):
         assert a.shape == (32, 32, 3) and a.dtype == np.uint8
         assert np.abs(a.astype(float) - b).mean() < 3
+
+
+def test_pad_crop_is_the_cifar_recipe(tmp_path):
+    png = textured(tmp_path / "t.png")
+    whole = np.asarray(Image.open(png).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR), dtype=int)
+    # Evaluation: the whole image resized (no centre crop, which would zoom in by 256/224).
+    assert np.abs(load_image(str(png), 32, augment="pad_crop") - whole).max() <= 1
+    shifts = set()
+    for i in range(40):
+        out = load_image(str(png), 32, rng=random.Random(i), augment="pad_crop").astype(int)
+        assert out.shape == (32, 32, 3)
+        # Every training view is the resized image (or its mirror) shifted by at most 4 px, zeros outside,
+        # which is torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip.
+        found = [
+            (dy, dx, flip)
+            for flip in (False, True)
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+            if np.array_equal(out, shifted(whole[:, ::-1] if flip else whole, dy, dx))
+        ]
+        assert len(found) >= 1, i
+        shifts.add(found[0])
+    assert len(shifts) > 10 and any(f for *_, f in shifts) and not all(f for *_, f in shifts)
+
+
+def shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(image)
+    h, w = image.shape[:2]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = image[ys, xs]
+    return out
+
+
+def test_small_inputs_get_pad_crop_unless_the_spec_says_otherwise():
+    import pytest
+
+    from suite.errors import UserError
+    from suite.spec import RunSpec
+
+    assert RunSpec(image_size=16, small_stem=True).augment == "pad_crop"
+    assert RunSpec(image_size=64, small_stem=True).augment == "pad_crop"
+    assert RunSpec(image_size=96).augment == "random_resized_crop"
+    assert RunSpec(image_size=32, min_crop_scale=0.5).augment == "random_resized_crop"
+    assert RunSpec(image_size=32, augment="random_resized_crop").augment == "random_resized_crop"
+    with pytest.raises(UserError, match=r"min_crop_scale=0\.5 applies to augment 'random_resized_crop' only"):
+        RunSpec(image_size=32, augment="pad_crop", min_crop_scale=0.5)
+    with pytest.raises(UserError, match="augment 'cutout'; accepted: random_resized_crop, pad_crop"):
+        RunSpec(augment="cutout")

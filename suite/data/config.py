@@ -29,6 +29,7 @@ class DataConfig:
     # Share of each class's training images held out as the select split (at least one per class, never all).
     select_fraction: float = 0.1
     workers: int = 2  # DataLoader worker processes per rank (0 = in-process)
+    augment: str = "random_resized_crop"  # suite/vocab.py AUGMENTS (suite/data/decode.py)
     min_crop_scale: float = IMAGENET_MIN_CROP_SCALE  # RandomResizedCrop scale lower bound
     seed: int = 0
     # About this many images are decoded by the preflight (all of them in smaller sets), in proportion over
@@ -60,6 +61,7 @@ def data_config(spec: RunSpec) -> DataConfig:
         workers=spec.loader_workers,
         seed=spec.seed,
         select_fraction=spec.select_fraction,
+        augment=spec.augment,
         # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
         min_crop_scale=(
             default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale

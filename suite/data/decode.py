@@ -14,7 +14,7 @@ import math
 import random
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # ImageNet channel statistics, as used by torchvision's pretrained models and reference scripts.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,13 +36,21 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels of
 
 
 def load_image(
-    path: str, size: int, *, rng: random.Random | None = None, min_crop_scale: float = IMAGENET_MIN_CROP_SCALE
+    path: str,
+    size: int,
+    *,
+    rng: random.Random | None = None,
+    augment: str = "random_resized_crop",
+    min_crop_scale: float = IMAGENET_MIN_CROP_SCALE,
 ) -> np.ndarray:
-    """Decode `path` to a `size`×`size` uint8 RGB array (HWC): with `rng`, the training crop
-    (RandomResizedCrop + flip); without, the evaluation crop (Resize(size·256/224) + CenterCrop(size))."""
+    """Decode `path` to a `size`×`size` uint8 RGB array (HWC): with `rng`, the training crop of `augment`
+    (suite/vocab.py AUGMENTS) and a flip; without, its evaluation view (random_resized_crop:
+    Resize(size·256/224) + CenterCrop(size); pad_crop: the whole image resized)."""
     with Image.open(path) as image:
         width, height = image.size
-        if rng is None:
+        if augment == "pad_crop":
+            box = (0, 0, width, height)
+        elif rng is None:
             box = eval_box(width, height, size)
         else:
             box = random_resized_box(width, height, rng, scale=(min_crop_scale, 1.0))
@@ -50,9 +58,21 @@ def load_image(
         if image.mode != "RGB":
             image = image.convert("RGB")
         out = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if rng is not None and augment == "pad_crop":
+        out = pad_crop(out, rng)
     if rng is not None and rng.random() < 0.5:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out)
+
+
+def pad_crop(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Zero-pad by 1/8 of the side and cut a random crop of the original size: He et al. 2016's 4 px at 32 px
+    (Sec. 4.2), the same shift relative to the image at other small sizes."""
+    size = image.size[0]
+    pad = max(1, size // 8)
+    padded = ImageOps.expand(image, border=pad, fill=0)
+    left, top = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+    return padded.crop((left, top, left + size, top + size))
 
 
 def _draft(image: Image.Image, box: Box, size: int) -> tuple[Image.Image, Box]:

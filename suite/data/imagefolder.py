@@ -130,6 +130,7 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
         train_samples,
         image_size=cfg.image_size,
         train=True,
+        augment=cfg.augment,
         min_crop_scale=cfg.min_crop_scale,
         seed=cfg.seed,
     )
@@ -144,7 +145,9 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
     train = Counted(data_loader(train_set, sampler, micro_batch, cfg, drop_last=True), counter)
     held_out = []
     for samples in (select_samples, info.samples("val")):
-        dataset = FolderDataset(info.root, samples, image_size=cfg.image_size, train=False)
+        dataset = FolderDataset(
+            info.root, samples, image_size=cfg.image_size, train=False, augment=cfg.augment
+        )
         keys = [(i, 0) for i in sharded(len(dataset), rank, world_size)]
         held_out.append(Counted(data_loader(dataset, keys, micro_batch, cfg, drop_last=False), counter))
     return Loaders(train, *held_out, set_epoch=sampler.set_epoch, skipped=counter)
@@ -161,11 +164,12 @@ class FolderDataset(Dataset):
         *,
         image_size: int,
         train: bool,
+        augment: str = "random_resized_crop",
         min_crop_scale: float = IMAGENET_MIN_CROP_SCALE,
         seed: int = 0,
     ):
         self.root, self.samples, self.image_size, self.train = root, samples, image_size, train
-        self.min_crop_scale, self.seed = min_crop_scale, seed
+        self.augment, self.min_crop_scale, self.seed = augment, min_crop_scale, seed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -180,6 +184,7 @@ class FolderDataset(Dataset):
                     os.path.join(self.root, path),
                     self.image_size,
                     rng=rng,
+                    augment=self.augment,
                     min_crop_scale=self.min_crop_scale,
                 ),
                 label,
