@@ -66,6 +66,7 @@ class Measured:
     top1_select: float  # the deployed network on the select split
     top1_gated: float  # the network as trained (ε: gates live) on the test split
     test_images: int
+    select_images: int
     prune_logit_max_abs_diff: float
     blocks_gate_mismatch: int | None  # ε only
     time_to_target_s: float | None
@@ -168,6 +169,7 @@ def _measured_columns(m: Measured) -> dict:
         "top1_select": m.top1_select,
         "top1_gated": m.top1_gated,
         "test_images": m.test_images,
+        "select_images": m.select_images,
         "prune_logit_max_abs_diff": m.prune_logit_max_abs_diff,
         "blocks_gate_mismatch": m.blocks_gate_mismatch,
         "time_to_target_s": m.time_to_target_s,

@@ -214,6 +214,7 @@ def _attempt(
         top1_select=selected.top1,
         top1_gated=test.top1_trained,
         test_images=test.images,
+        select_images=selected.images,
         prune_logit_max_abs_diff=test.logit_max_abs_diff,
         blocks_gate_mismatch=len(test.gate_mismatch) if spec.variant == "eps" else None,
         time_to_target_s=state.time_to_target_s,

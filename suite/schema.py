@@ -196,6 +196,7 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
             Column("top5", pa.float64(), "top-5 (fraction) of the deployed network on the test split"),
             Column("test_images", pa.int64(), "images of the test split top1/top5 were measured on"),
             Column("top1_select", pa.float64(), "top-1 of the deployed network on the select split"),
+            Column("select_images", pa.int64(), "images of the select split (top1_select, the curves)"),
             Column(
                 "top1_gated",
                 pa.float64(),

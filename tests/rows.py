@@ -50,6 +50,7 @@ def ok_row(spec: RunSpec, **overrides) -> dict:
         top1_select=0.81,
         top1_gated=0.8,
         test_images=2100,
+        select_images=260,
         prune_logit_max_abs_diff=0.0,
         blocks_gate_mismatch=0,
         time_to_target_s=120.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from suite.report import claims, compare
+from suite.report import claims, compare, convergence
 from suite.report.cells import (
     COLUMNS_NOTE,
     DEPLOYED_HEADERS,
@@ -49,6 +49,7 @@ def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -
         return section
     many_grids = len({c.grid for c in ok}) > 1
     by_depth = _by_depth(ok)
+    converged = convergence.plain_convergence(ok, inputs.curves)
     section.blocks += [
         Paragraph(claims.headline_sentence(_title(g, a, many_grids), cs, paired, many_grids))
         for (g, a), cs in by_depth.items()
@@ -84,6 +85,11 @@ def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -
         if any(c.world_size_changed_runs for c in members):
             notes.append("⚠ resized: a run that resumed with a different world size (`world_size_changed`).")
         section.blocks.append(Heading(title))
+        section.blocks += [
+            Paragraph(convergence.sentence(converged[c.key], depth_title(c.arch)))
+            for c in members
+            if c.key in converged
+        ]
         shared = shared_setup(members)
         if shared:
             section.blocks.append(Paragraph(f"Every row: {shared}."))
