@@ -319,6 +319,13 @@ batch of any rank, and `prune_logit_max_abs_diff` is the largest logit differenc
 the test split: 0 (within float rounding) when no gate disagrees. For post-hoc rows it is what the purge (and
 fine-tune) changed; for plain ResNet rows it is 0.
 
+**Children copy their parent's decision.** A `scratch` row trains, from a fresh initialisation, the network its
+`eps` parent (`parent_run_id`) was pruned to: the same `blocks_removed`, so the same `params_active`; nothing is
+pruned after its training. A `posthoc` row with `purge_blocks: match` purges as many blocks as the parent
+discarded (ranked on its own select split), re-estimates every BatchNorm's statistics on training batches, and
+fine-tunes from a tenth of the peak learning rate. A child whose parent has no `ok` row writes a `failed` row
+whose `error` names the parent.
+
 ## Reproducibility
 
 On one machine the same spec and seed give the same numbers bit for bit, under Ray and under torchrun
