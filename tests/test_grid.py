@@ -57,7 +57,7 @@ def test_shipped_grids_validate():
     from launchers.driver import GRIDS_DIR
 
     names = {p.stem for p in GRIDS_DIR.glob("*.yaml")}
-    assert {"default", "imagenet", "eps-sweep"} <= names
+    assert {"default", "imagenet", "eps-sweep", "study"} <= names
     for path in GRIDS_DIR.glob("*.yaml"):
         grid = load_grid(path)
         assert grid.specs
@@ -69,6 +69,22 @@ def test_shipped_grids_validate():
     imagenet = load_grid(GRIDS_DIR / "imagenet.yaml")
     assert {s.nodes for s in imagenet.specs} == {1, 2, 4}
     assert {s.global_batch for s in imagenet.specs} == {1024}
+
+
+def test_the_study_grid_has_every_control_at_every_depth_three_times():
+    from launchers.driver import GRIDS_DIR
+
+    specs = load_grid(GRIDS_DIR / "study.yaml").specs
+    arms = {(s.variant, s.side_head, s.purge_blocks) for s in specs}
+    assert arms == {("resnet", False, 0), ("resnet", True, 0), ("eps", True, 0), ("scratch", False, 0),
+                    ("posthoc", False, "match")}  # fmt: skip
+    for arch in ("resnet50", "resnet101", "resnet152"):
+        for arm in arms:
+            same = [s for s in specs if s.arch == arch and (s.variant, s.side_head, s.purge_blocks) == arm]
+            assert sorted(s.repeat for s in same) == [0, 1, 2], (arch, arm)
+    assert {s.dataset for s in specs} == {"shapes"} and {s.augment for s in specs} == {"pad_crop"}
+    ids = {s.run_id for s in specs}
+    assert all(s.parent.run_id in ids for s in specs if s.has_parent)
 
 
 def test_the_imagenet_grid_follows_the_official_eps_resnet_schedule():
