@@ -70,8 +70,9 @@ def sentence(conv: Convergence, title: str) -> str:
     verdict = (
         "within the select split's 95 % sampling error of ±{:.1f} pp: it has stopped climbing."
         if conv.converged
-        else "more than the select split's 95 % sampling error of ±{:.1f} pp: it was still climbing, so a "
-        "difference below may reflect the training budget as much as the architecture."
+        else "more than the select split's 95 % sampling error of ±{:.1f} pp: it was still climbing (or "
+        "rising with the schedule's last decay; the same grid with more epochs tells which), so a difference "
+        "below may reflect the training budget as much as the architecture."
     ).format(conv.noise * 100)
     return (
         f"Convergence of the plain {title}: select top-1 {rose} over the last quarter of training (epoch "
