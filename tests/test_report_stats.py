@@ -200,3 +200,25 @@ def test_single_run_shows_its_binomial_interval_and_no_conclusion(report):
         "the post-hoc purge (as many blocks as ε-ResNet (ε = 0.5) discarded, fine-tuned 1 ep): " in markdown
     )
     assert "1 of 6 configurations have a single ok run" in markdown
+
+
+def test_children_against_their_parent_equal_duckdb(report):
+    results, paths = report
+    headline = paths.markdown.read_text().split("### ")[0]
+    # Each scratch row joined to the row its parent_run_id names: the pairs share seed and select split.
+    (want,) = _sql(
+        results,
+        """
+        WITH ok AS (SELECT * FROM read_parquet('{runs}') WHERE status = 'ok')
+        SELECT count(*) AS n, avg(c.top1 - p.top1) AS mean, stddev_samp(c.top1 - p.top1) AS std
+        FROM ok c JOIN ok p ON c.parent_run_id = p.run_id WHERE c.variant = 'scratch'
+        """,
+    )
+    assert want["n"] == 3
+    half = _half(want["n"], want["std"])
+    side = "above" if want["mean"] > 0 else "below"
+    assert (
+        f"pruned architecture re-trained from scratch is {100 * abs(want['mean']):.2f} ± {100 * half:.2f} pp"
+        f" {side} its ε parent over 3 paired repeats"
+    ) in headline
+    assert "ResNet-50 against the ε parent (same seed and select split): " in headline

@@ -110,7 +110,7 @@ def arm_phrase(c: Config) -> str:
     return "the plain ResNet" + (" + side head" if c.side_head else "")
 
 
-def _clause(phrase: str, paired: Paired | None) -> str:
+def _clause(phrase: str, paired: Paired | None, against: str = "the plain ResNet") -> str:
     if paired is None:
         return f"{phrase}: no plain ResNet of the same setup to compare with"
     if paired.diff is None:
@@ -121,7 +121,7 @@ def _clause(phrase: str, paired: Paired | None) -> str:
     d = paired.diff
     side = "above" if d.mean > 0 else "below" if d.mean < 0 else "level with"
     return (
-        f"{phrase} is {_pp(d.mean)} ± {_pp(d.half)} pp {side} the plain ResNet over {paired.pairs} paired "
+        f"{phrase} is {_pp(d.mean)} ± {_pp(d.half)} pp {side} {against} over {paired.pairs} paired "
         f"repeats — {paired.verdict}"
     )
 
@@ -140,3 +140,12 @@ def headline_sentence(title: str, members: list[Config], paired: dict[str, Paire
             phrase = f"{phrase} ({where(c, many_grids)})"
         clauses.append(_clause(phrase, paired.get(c.key)))
     return f"{title}: " + "; ".join(clauses) + "."
+
+
+def parent_sentence(title: str, members: list[Config], parents: dict[str, Paired]) -> str | None:
+    """`ResNet-50 against the ε parent (same seed and select split): …`; None when no child has its parent."""
+    children = [c for c in members if c.key in parents]
+    if not children:
+        return None
+    clauses = [_clause(arm_phrase(c), parents[c.key], "its ε parent") for c in children]
+    return f"{title} against the ε parent (same seed and select split): " + "; ".join(clauses) + "."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from suite.report import claims, compare, convergence
+from suite.report import claims, compare, convergence, stats
 from suite.report.cells import (
     COLUMNS_NOTE,
     DEPLOYED_HEADERS,
@@ -50,10 +50,13 @@ def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -
     many_grids = len({c.grid for c in ok}) > 1
     by_depth = _by_depth(ok)
     converged = convergence.plain_convergence(ok, inputs.curves)
-    section.blocks += [
-        Paragraph(claims.headline_sentence(_title(g, a, many_grids), cs, paired, many_grids))
-        for (g, a), cs in by_depth.items()
-    ]
+    parents = stats.parent_differences(ok)
+    for (g, a), cs in by_depth.items():
+        section.blocks.append(
+            Paragraph(claims.headline_sentence(_title(g, a, many_grids), cs, paired, many_grids))
+        )
+        against_parent = claims.parent_sentence(_title(g, a, many_grids), cs, parents)
+        section.blocks += [Paragraph(against_parent)] if against_parent else []
     section.blocks += [
         Paragraph(
             "A configuration is a run spec (`spec_json`) without `repeat` and `seed`: its runs differ only in "

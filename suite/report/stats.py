@@ -151,3 +151,21 @@ def paired_differences(configs: list[Config]) -> dict[str, Paired]:
         diff = mean_ci(arm[r] - ref[r] for r in repeats)
         result[c.key] = Paired(c, base, repeats, diff)
     return result
+
+
+def parent_differences(configs: list[Config]) -> dict[str, Paired]:
+    """Every child configuration (scratch, matched post-hoc) against its ε parent's, repeat by repeat: a child
+    shares its parent's seed and select split, so this pairing cancels more of the seed's noise than the one
+    with the plain ResNet. Keyed by the child's `Config.key`."""
+    by_key = {c.key: c for c in configs}
+    owner = {r["run_id"]: c.key for c in configs for r in c.runs}
+    result = {}
+    for c in configs:
+        parents = {owner.get(r.get("parent_run_id")) for r in c.ok_runs} - {None}
+        if len(parents) != 1:  # no child, or a parent outside these results
+            continue
+        parent = by_key[parents.pop()]
+        arm, ref = _top1_by_repeat(c), _top1_by_repeat(parent)
+        repeats = tuple(sorted(arm.keys() & ref.keys()))
+        result[c.key] = Paired(c, parent, repeats, mean_ci(arm[r] - ref[r] for r in repeats))
+    return result
