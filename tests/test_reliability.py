@@ -50,7 +50,8 @@ def row(grid: str, run_id: str, seed: int = 0) -> dict:
     t = datetime(2026, 1, 1, 12, tzinfo=UTC)
     return {
         "run_id": run_id, "grid": grid, "seed": seed, "repeat": 0, "launcher": "local", "spec_json": "{}",
-        "arch": "resnet50", "variant": "eps", "epsilon": 0.5, "width": 4, "image_size_px": 16,
+        "arch": "resnet50", "variant": "eps", "epsilon": 0.5, "side_head": True, "lr_reset_on_discard": True,
+        "width": 4, "image_size_px": 16,
         "num_classes": 10, "dataset": "synthetic", "params_total": 96302, "params_active": 90000,
         "blocks_total": 16, "blocks_discarded": 1, "blocks_discarded_per_stage": [0, 1, 0, 0],
         "nodes": 1, "devices_per_node": 1, "world_size": 1, "precision": "fp32", "zero_stage": 0,
