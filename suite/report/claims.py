@@ -149,3 +149,13 @@ def parent_sentence(title: str, members: list[Config], parents: dict[str, Paired
         return None
     clauses = [_clause(arm_phrase(c), parents[c.key], "its ε parent") for c in children]
     return f"{title} against the ε parent (same seed and select split): " + "; ".join(clauses) + "."
+
+
+def depth_sentences(
+    title: str, members: list[Config], paired: dict[str, Paired], parents: dict[str, Paired], many_grids: bool
+) -> list[str]:
+    """The headline of one depth: its arms against the plain ResNet, then its children against their parent."""
+    against_parent = parent_sentence(title, members, parents)
+    return [headline_sentence(title, members, paired, many_grids)] + (
+        [against_parent] if against_parent else []
+    )

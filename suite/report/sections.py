@@ -52,11 +52,8 @@ def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -
     converged = convergence.plain_convergence(ok, inputs.curves)
     parents = stats.parent_differences(ok)
     for (g, a), cs in by_depth.items():
-        section.blocks.append(
-            Paragraph(claims.headline_sentence(_title(g, a, many_grids), cs, paired, many_grids))
-        )
-        against_parent = claims.parent_sentence(_title(g, a, many_grids), cs, parents)
-        section.blocks += [Paragraph(against_parent)] if against_parent else []
+        sentences = claims.depth_sentences(_title(g, a, many_grids), cs, paired, parents, many_grids)
+        section.blocks += [Paragraph(text) for text in sentences]
     section.blocks += [
         Paragraph(
             "A configuration is a run spec (`spec_json`) without `repeat` and `seed`: its runs differ only in "

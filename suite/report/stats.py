@@ -146,11 +146,15 @@ def paired_differences(configs: list[Config]) -> dict[str, Paired]:
         base = plains.get(setup_key(c))
         if is_plain(c) or base is None or not c.ok_runs:
             continue
-        arm, ref = _top1_by_repeat(c), _top1_by_repeat(base)
-        repeats = tuple(sorted(arm.keys() & ref.keys()))
-        diff = mean_ci(arm[r] - ref[r] for r in repeats)
-        result[c.key] = Paired(c, base, repeats, diff)
+        result[c.key] = _pair(c, base)
     return result
+
+
+def _pair(arm: Config, base: Config) -> Paired:
+    """`arm` − `base`, repeat by repeat, over the repeats ok in both."""
+    a, b = _top1_by_repeat(arm), _top1_by_repeat(base)
+    repeats = tuple(sorted(a.keys() & b.keys()))
+    return Paired(arm, base, repeats, mean_ci(a[r] - b[r] for r in repeats))
 
 
 def parent_differences(configs: list[Config]) -> dict[str, Paired]:
@@ -164,8 +168,5 @@ def parent_differences(configs: list[Config]) -> dict[str, Paired]:
         parents = {owner.get(r.get("parent_run_id")) for r in c.ok_runs} - {None}
         if len(parents) != 1:  # no child, or a parent outside these results
             continue
-        parent = by_key[parents.pop()]
-        arm, ref = _top1_by_repeat(c), _top1_by_repeat(parent)
-        repeats = tuple(sorted(arm.keys() & ref.keys()))
-        result[c.key] = Paired(c, parent, repeats, mean_ci(arm[r] - ref[r] for r in repeats))
+        result[c.key] = _pair(c, by_key[parents.pop()])
     return result
