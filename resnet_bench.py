@@ -22,6 +22,7 @@ from launchers.slurm import one_config_job
 from launchers.slurm_ray import grid_job
 from suite.errors import UserError
 from suite.models.catalog import describe_all
+from suite.provenance import package_version
 from suite.report import build_report
 from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, schema_markdown
 
@@ -88,6 +89,11 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("grid", nargs="?", help="grid file (default: the embedded CPU demo, grids/default.yaml)")
     p.add_argument("--results", help="results directory (default: the grid's `results`, else ./results)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded plan and exit")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print what Ray, Tune and the workers print (default: only in results/<grid>/logs/)",
+    )
 
 
 @command("run", "run a grid of configurations on Ray (no GRID: the embedded CPU demo)", _run_arguments)
@@ -96,7 +102,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     # `run-one` under torchrun or srun, and `report` or `schema`, would pay that for nothing.
     from launchers.driver import run_grid_command
 
-    return run_grid_command(args.grid, results=args.results, dry_run=args.dry_run)
+    return run_grid_command(args.grid, results=args.results, dry_run=args.dry_run, verbose=args.verbose)
 
 
 def _slurm_arguments(what: str, passed_on: str) -> Callable[[argparse.ArgumentParser], None]:
@@ -177,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="resnet-bench",
         description="Benchmark ResNet-50/101/152 against ε-ResNet on DeepSpeed, orchestrated by Ray.",
     )
+    parser.add_argument("--version", action="version", version=f"resnet-bench {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, arguments, _) in COMMANDS.items():
         arguments(sub.add_parser(name, help=help_text, description=help_text))

@@ -26,8 +26,8 @@ def main(argv: list[str]) -> int:
     session = ray_grid.ray_session
 
     @contextmanager
-    def timed_session(grid):
-        with session(grid) as resources:
+    def timed_session(grid, **options):
+        with session(grid, **options) as resources:
             marks["ray_up"] = time.perf_counter()
             try:
                 yield resources

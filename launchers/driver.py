@@ -38,7 +38,9 @@ def preflight(grid: Grid) -> dict:
     return infos
 
 
-def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: bool) -> int:
+def run_grid_command(
+    grid_path: str | None, *, results: str | None, dry_run: bool, verbose: bool = False
+) -> int:
     # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
     console = Console(width=None if Console().is_terminal else 200)
     grid = load_grid(grid_path or default_grid_path())
@@ -53,7 +55,7 @@ def run_grid_command(grid_path: str | None, *, results: str | None, dry_run: boo
 
     todo = sum(s.run_id not in finished for s in grid.specs)
     console.print(f"grid {grid.name}: {len(grid.specs)} points, {len(grid.specs) - todo} already finished")
-    outcome = run_grid(grid, results, infos, progress=GridProgress(todo) if todo else None)
+    outcome = run_grid(grid, results, infos, progress=GridProgress(todo) if todo else None, verbose=verbose)
     wanted = {s.run_id for s in grid.specs}
     rows = [r for r in read_runs(results, grid.name).to_pylist() if r["run_id"] in wanted]
     console.print(summary_table(rows, f"grid {grid.name} → {Path(results, grid.name)}"))

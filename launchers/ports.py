@@ -7,6 +7,7 @@ Ray Train's, gloo's and NCCL's own kernel-picked ports come from) and above Ray'
 (10002-19999) that a default `ray start` on the node would use. Inside its block, a Ray grid job gives each
 Ray node on one address a `NODE_PORT_BLOCK` (fake nodes on one host, as in tests/slurm_cluster.py, share an
 address; real nodes each have slot 0). An srun job's rendezvous port (MASTER_PORT) is its block's first port.
+A job whose block is in use on one of its nodes takes the next free one (`job_port_bases`, `first_free_block`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,16 @@ def port_band_start(env: Mapping[str, str]) -> int:
     return int(raw)
 
 
-def job_port_base(job: int, env: Mapping[str, str]) -> int:
-    """The first port of job `job`'s block (RB_RAY_PORT_BASE in `env` moves the band)."""
+PORT_TRIES = 8  # the default of RB_RAY_PORT_TRIES: blocks a job tries before it gives up
+
+
+def job_port_bases(job: int, env: Mapping[str, str]) -> list[int]:
+    """The first ports of the blocks job `job` may take, in order: its own, then the next ones in the band.
+
+    Two jobs whose ids agree modulo the band's size, or a service on the node, can hold a job's own block;
+    the job then moves on (launchers/slurm_ray.py, launchers/slurm.py). RB_RAY_PORT_BASE in `env` moves the
+    band, RB_RAY_PORT_TRIES (default 8) says how many blocks to try.
+    """
     base, ceiling = port_band_start(env), ephemeral_port_floor()
     slots = (ceiling - base) // JOB_PORT_BLOCK
     if slots < 1:
@@ -49,7 +58,36 @@ def job_port_base(job: int, env: Mapping[str, str]) -> int:
             f"no room for a block of {JOB_PORT_BLOCK} ports between RB_RAY_PORT_BASE={base} and the "
             f"ephemeral range at {ceiling}; accepted: RB_RAY_PORT_BASE ≤ {ceiling - JOB_PORT_BLOCK}"
         )
-    return base + (job % slots) * JOB_PORT_BLOCK
+    raw = env.get("RB_RAY_PORT_TRIES") or str(PORT_TRIES)
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"RB_RAY_PORT_TRIES={raw!r}: accepted: a whole number ≥ 1")
+    return [base + ((job + k) % slots) * JOB_PORT_BLOCK for k in range(min(int(raw), slots))]
+
+
+def job_port_base(job: int, env: Mapping[str, str]) -> int:
+    """The first port of job `job`'s own block (RB_RAY_PORT_BASE in `env` moves the band)."""
+    return job_port_bases(job, env)[0]
+
+
+def block_ports(base: int) -> range:
+    return range(base, base + JOB_PORT_BLOCK)
+
+
+def first_free_block(bases: list[int], busy: Mapping[str, Iterable[int]]) -> tuple[int | None, list[str]]:
+    """The first of `bases` whose block no node listens in, and a line for every block passed over.
+
+    `busy` maps each node to the ports it found in use (launchers/slurm_node.py `probe`).
+    """
+    passed = []
+    for base in bases:
+        block = block_ports(base)
+        held = {node: sorted(p for p in ports if p in block) for node, ports in busy.items()}
+        held = {node: ports for node, ports in held.items() if ports}
+        if not held:
+            return base, passed
+        where = "; ".join(f"{node}: {' '.join(map(str, ports[:4]))}" for node, ports in sorted(held.items()))
+        passed.append(f"port block {base}-{block.stop - 1} is in use ({where})")
+    return None, passed
 
 
 def _offset(n: int) -> property:
@@ -94,9 +132,12 @@ def node_ports(job_base: int, slot: int) -> NodePorts:
     return NodePorts(job_base + slot * NODE_PORT_BLOCK)
 
 
-def job_node_ports(job: int, slots: list[int], env: Mapping[str, str]) -> list[NodePorts]:
-    """The ports of a job's nodes, given each node's slot on its address (launchers/slurm.py Node.slot)."""
-    base = job_port_base(job, env)
+def job_node_ports(
+    job: int, slots: list[int], env: Mapping[str, str], base: int | None = None
+) -> list[NodePorts]:
+    """The ports of a job's nodes, given each node's slot on its address (launchers/slurm.py Node.slot), in
+    the job's own block or in the block at `base`."""
+    base = job_port_base(job, env) if base is None else base
     return [node_ports(base, slot) for slot in slots]
 
 

@@ -1,6 +1,13 @@
-"""The terminal view of a running grid: a rich progress bar fed by a Ray Tune callback."""
+"""The terminal view of a running grid: a rich progress bar fed by a Ray Tune callback.
+
+The console shows the dashboard's address, the bar (points done, running, failed, the running points'
+images/s) and one line per finished point; everything else the workers print goes to the log files under
+results/<grid>/logs/ (launchers/ray_grid.py), or to the console with `resnet-bench run --verbose`.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ray.tune import Callback
 from rich.console import Console
@@ -39,8 +46,32 @@ class GridProgress(Callback):
         state = f"running {len(self.running)} · failed {self.failed} · {ips:,.0f} img/s"
         self.progress.update(self.task, state=state)
 
+    def session_started(self, dashboard_url: str | None, logs: Path) -> None:
+        where = f"dashboard {dashboard_url}" if dashboard_url else "no Ray dashboard"
+        self.console.print(f"{where} · worker logs: {logs}", highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
     def setup(self, **info):
         self.progress.start()
+
+    def _finished(self, trial, result: dict) -> None:
+        """One line per finished point, above the bar."""
+        status = result.get("status") or "failed"
+        run_id = result.get("run_id") or trial.trial_id
+        if status == "ok":
+            top1, ips = result.get("top1"), result.get("images_per_s")
+            facts = [f"test top-1 {100 * top1:.1f} %" if top1 is not None else None]
+            facts.append(f"{ips:,.0f} img/s" if ips is not None else None)
+            if result.get("blocks_discarded"):
+                facts.append(f"{result['blocks_discarded']} blocks discarded")
+            text = " · ".join(f for f in facts if f)
+        else:
+            error = (result.get("error") or "no error text").strip().splitlines()
+            text = error[0][:160] if error else "no error text"
+        mark = "[green]✓[/green]" if status == "ok" else "[red]✗[/red]"
+        self.console.print(f"{mark} {run_id} {status}: {text}", highlight=False, soft_wrap=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
@@ -53,14 +84,17 @@ class GridProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
-        if (trial.last_result or {}).get("status") == "failed":
+        result = trial.last_result or {}
+        if result.get("status") == "failed":
             self.failed += 1
+        self._finished(trial, result)
         self.progress.advance(self.task)
         self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.failed += 1
+        self._finished(trial, {"status": "failed", "error": str(getattr(trial, "error_msg", None) or "")})
         self.progress.advance(self.task)
         self._refresh()
 

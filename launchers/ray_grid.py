@@ -9,6 +9,7 @@ whose driver died). Finished points are skipped from the results table itself: `
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -21,12 +22,13 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from launchers.grid import ClusterShape, Grid
 from launchers.ray_worker import train_worker
+from launchers.storage import check_shared_storage
 from suite.data.config import DatasetInfo, data_config
 from suite.distributed import free_port
 from suite.errors import check
@@ -39,6 +41,10 @@ from suite.vocab import FINISHED
 # (Tune rejects 0).
 TRIAL_DRIVER_CPU = 0.01
 HIDDEN_STATE = (".checkpoints", ".tune")  # under results/<grid>/, removed when the grid completes
+# Ray Train keeps every reported checkpoint unless told otherwise: a 90-epoch point would keep 90. Resuming
+# needs only the latest; Ray deletes the older one after the newer is persisted, so a point holds at most two
+# at any moment, and a SIGKILL between the two leaves one whole checkpoint (DeepSpeed's `latest` file names it).
+CHECKPOINTS_KEPT = 1
 
 
 # Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default,
@@ -73,14 +79,48 @@ def worker_env(grid: Grid) -> dict[str, str]:
     return env
 
 
+@dataclass
+class RaySession:
+    resources: dict  # the cluster's total resources
+    dashboard_url: str | None  # where the Ray dashboard answers (None if it did not start)
+
+
+# A grid's console is the suite's own (launchers/progress.py). Tune's legacy reporter at verbosity 0 prints
+# nothing, where its new one still prints a configuration box and paths under state the suite removes; Tune's
+# own TensorBoard/CSV/JSON loggers duplicate what the suite writes (results/<grid>/tensorboard, the tables).
+QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0"}
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# What of a local Ray's session logs is kept under results/<grid>/logs/ when it shuts down: every worker's
+# stdout/stderr (DeepSpeed, the runs' own lines, tracebacks) and Ray Train's controller logs.
+KEPT_LOGS = ("worker-*.out", "worker-*.err", "train")
+
+
 @contextmanager
-def ray_session(grid: Grid) -> Iterator[dict]:
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set `values` in this process's environment for the block; an operator's own setting wins."""
+    saved = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def ray_session(grid: Grid, *, verbose: bool = False, logs_dir: Path | None = None) -> Iterator[RaySession]:
     """Connect to `RAY_ADDRESS` if set (token auth as the cluster requires), else a local Ray on 127.0.0.1.
 
-    Yields the cluster's total resources. A local Ray is shut down and its temp dir removed at the end.
+    Without `verbose`, workers' output stays in Ray's log files instead of the console; a local Ray's are
+    copied to `logs_dir` when it shuts down, and its temp dir is removed.
     """
     # Ray's services stay on loopback for a local cluster: launchers/__init__.py set that before any import.
     runtime_env = {"env_vars": worker_env(grid)}
+    console = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
     address = os.environ.get("RAY_ADDRESS")
     temp_dir = None
     if address:
@@ -89,13 +129,13 @@ def ray_session(grid: Grid) -> Iterator[dict]:
         # cluster without it (Ray then cancels every actor the client creates).
         if "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=address, runtime_env=runtime_env)
+        context = ray.init(address=address, runtime_env=runtime_env, **console)
     else:
         # A short, private temp dir: Ray's socket paths must stay under 107 bytes, and a shared /tmp/ray
         # may belong to another user or hold another cluster's address.
         temp_dir = tempfile.mkdtemp(prefix="rb-ray-", dir=os.environ.get("RAY_TMPDIR", "/tmp"))
         slots = grid.cluster.nodes * grid.cluster.devices_per_node
-        ray.init(
+        context = ray.init(
             num_cpus=max(os.cpu_count() or 1, int(slots * grid.cluster.cpus_per_worker + 1)),
             num_gpus=None if grid.cluster.use_gpu else 0,
             include_dashboard=True,
@@ -104,13 +144,35 @@ def ray_session(grid: Grid) -> Iterator[dict]:
             _node_ip_address="127.0.0.1",
             _temp_dir=temp_dir,
             runtime_env=runtime_env,
+            **console,
         )
+    dashboard = context.dashboard_url or None
     try:
-        yield ray.cluster_resources()
+        with _environment({**TUNE_ENV, **({} if verbose else QUIET_TUNE_ENV)}):
+            yield RaySession(
+                ray.cluster_resources(),
+                dashboard if not dashboard or "://" in dashboard else f"http://{dashboard}",
+            )
     finally:
         ray.shutdown()
         if temp_dir:
+            if logs_dir is not None:
+                keep_logs(Path(temp_dir), logs_dir)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def keep_logs(temp_dir: Path, logs_dir: Path) -> None:
+    """Copy the worker and Train logs of the local Ray session under `temp_dir` to `logs_dir/<session>/`."""
+    for session in sorted(temp_dir.glob("session_2*")):
+        logs = session / "logs"
+        target = logs_dir / session.name
+        for pattern in KEPT_LOGS:
+            for path in logs.glob(pattern):
+                if path.is_dir():
+                    shutil.copytree(path, target / path.name, dirs_exist_ok=True)
+                elif path.stat().st_size:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target / path.name)
 
 
 def dashboard_port(preferred: int = 8265) -> int:
@@ -187,6 +249,7 @@ def trial(config: dict, datasets: Mapping[str, ray.ObjectRef]) -> dict:
             name=spec.run_id,
             storage_path=str(Path(results, spec.grid, ".checkpoints").resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             callbacks=[TuneReportCallback()],
             # Train's per-epoch INFO lines (every report, every checkpoint, from every rank) would bury the
             # grid's progress display; they still reach Ray's log files under the session directory.
@@ -232,24 +295,39 @@ class GridOutcome:
 
 
 def run_grid(
-    grid: Grid, results: str | Path, infos: Mapping[RunSpec, DatasetInfo], *, progress=None
+    grid: Grid,
+    results: str | Path,
+    infos: Mapping[RunSpec, DatasetInfo],
+    *,
+    progress=None,
+    verbose: bool = False,
 ) -> GridOutcome:
     """Run every unfinished point of `grid`; rows land in `results/<grid>/` (suite/results.py).
 
-    `infos` is the driver's check of each point's data (launchers/driver.py `preflight`).
+    `infos` is the driver's check of each point's data (launchers/driver.py `preflight`). `progress` (a Tune
+    callback, launchers/progress.py) hears of the session's dashboard and of every trial.
     """
     results = str(results)
     done = finished_run_ids(results, grid.name)
     todo = [s for s in grid.specs if s.run_id not in done]
     if todo:
-        with ray_session(grid) as resources:
-            check_capacity(grid, todo, resources)
+        logs = grid_dir(results, grid.name) / "logs"
+        with ray_session(grid, verbose=verbose, logs_dir=logs) as session:
+            check_capacity(grid, todo, session.resources)
+            if progress is not None:
+                progress.session_started(session.dashboard_url, logs)
+            if any(s.nodes > 1 for s in todo):
+                seen_by = check_shared_storage(grid_dir(results, grid.name).resolve())
+                if progress is not None:
+                    progress.note(
+                        f"shared storage: {seen_by} nodes see {grid_dir(results, grid.name).resolve()}"
+                    )
             datasets = share_datasets(todo, infos)
             # Children (scratch, matched posthoc) read their parent's row: every parent runs in an earlier
             # Tune experiment than its children (launchers/grid.py lists parents first).
             waves = [[s for s in todo if not s.has_parent], [s for s in todo if s.has_parent]]
             for wave, specs in enumerate(w for w in waves if w):
-                _tuner(grid, results, specs, datasets, progress, wave).fit()
+                _tuner(grid, results, specs, datasets, progress, wave, verbose).fit()
     rows = read_runs(results, grid.name).select(["run_id", "status"]).to_pylist()
     statuses = {r["run_id"]: r["status"] for r in rows}
     wanted = {s.run_id for s in grid.specs}
@@ -261,7 +339,9 @@ def run_grid(
     return GridOutcome(len(grid.specs), len(grid.specs) - len(todo), len(todo), statuses)
 
 
-def _tuner(grid: Grid, results: str, specs: list[RunSpec], datasets: dict, progress, wave: int) -> tune.Tuner:
+def _tuner(
+    grid: Grid, results: str, specs: list[RunSpec], datasets: dict, progress, wave: int, verbose: bool
+) -> tune.Tuner:
     """One Tune experiment over `specs`: each a trial running one Ray Train run (`trial`)."""
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trial, datasets=datasets), {"cpu": TRIAL_DRIVER_CPU}),
@@ -283,7 +363,7 @@ def _tuner(grid: Grid, results: str, specs: list[RunSpec], datasets: dict, progr
         run_config=tune.RunConfig(
             name=grid.name if wave == 0 else f"{grid.name}-children",
             storage_path=str((grid_dir(results, grid.name) / ".tune").resolve()),
-            verbose=0,
+            verbose=1 if verbose else 0,
             callbacks=[progress] if progress else None,
         ),
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launchers.grid import Grid, load_grid
+from launchers.ports import JOB_PORT_BLOCK, busy_ports, job_port_bases
 from suite.errors import UserError, check
 
 
@@ -283,6 +284,26 @@ def report_failure(log: JobLog, error: Exception) -> int:
 # -------------------------------------------------------------------------------- one configuration
 
 
+def rendezvous_port(job: SlurmJob, log: JobLog, env: Mapping[str, str]) -> int:
+    """Rank 0's rendezvous port: the first port of the job's block, or of the next block if it is in use.
+
+    The batch step runs on the job's first node, where rank 0 listens, so the check is local.
+    """
+    bases = job_port_bases(int(job.id), env)
+    for base in bases:
+        if not busy_ports([base]):
+            if base != bases[0]:
+                log(
+                    f"moved to port block {base}-{base + JOB_PORT_BLOCK - 1} (block {bases.index(base) + 1} of {len(bases)})"
+                )
+            return base
+        log(f"port {base}, the rendezvous port of port block {base}-{base + JOB_PORT_BLOCK - 1}, is in use")
+    raise JobFailed(
+        f"the rendezvous ports of all {len(bases)} port blocks this job may take are in use; set"
+        " RB_RAY_PORT_BASE to a free band or RB_RAY_PORT_TRIES to try more blocks"
+    )
+
+
 def one_config_job(config: str, run_one_args: list[str], env: Mapping[str, str] = os.environ) -> int:
     """`srun resnet-bench run-one CONFIG`, one rank per task, requeued on USR1; the job's exit code.
 
@@ -310,9 +331,10 @@ def one_config_job(config: str, run_one_args: list[str], env: Mapping[str, str] 
         if job.gpus_per_node:  # rank i drives cuda:LOCAL_RANK: every rank must see all of its node's GPUs
             srun.append("--gpu-bind=none")
         ranks = f"{env.get('SLURM_NTASKS', '?')} rank(s) on {env.get('SLURM_JOB_NUM_NODES', '?')} node(s)"
-        log(f"srun: {ranks}, MASTER_ADDR={master}, checkpoints in {ckpt}")
+        port = env.get("MASTER_PORT") or str(rendezvous_port(job, log, env))
+        log(f"srun: {ranks}, MASTER_ADDR={master}, MASTER_PORT={port}, checkpoints in {ckpt}")
         run_one = [sys.executable, "-m", "resnet_bench", "run-one", config, "--checkpoint-dir", str(ckpt)]
-        child_env = {**env, "OMP_NUM_THREADS": str(job.cpus), "MASTER_ADDR": master}
+        child_env = {**env, "OMP_NUM_THREADS": str(job.cpus), "MASTER_ADDR": master, "MASTER_PORT": port}
         rc = stop.run([*srun, *run_one, *run_one_args], child_env)
         log(f"srun exited {rc} after {log.elapsed()} s")
         if stop.preempted and rc != 0:

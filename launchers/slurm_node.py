@@ -4,6 +4,9 @@ python -m launchers.slurm_node step DIR PORT_BASE head|worker -- RAY_START_COMMA
     inside a node's srun step: make the node's private Ray dir, write the node's copy of the token (it
     travels in the step's environment as RB_NODE_TOKEN, never on a command line), refuse to start on
     ports already in use, run Ray, and remove the dir (token included) once Ray has stopped cleanly.
+python -m launchers.slurm_node probe BASE...
+    in one srun step on every node before the cluster starts: print `PROBE <node>` and the ports in use in
+    the port blocks starting at each BASE, so the job can take a block that is free on all of its nodes.
 python -m launchers.slurm_node members TIMEOUT IP:NODE_MANAGER_PORT=NAME...
     wait until every named raylet has registered with the GCS at RAY_ADDRESS; print `MEMBERS` and the
     cluster's raylets (exit 0), or `MISSING` and the names of the nodes not there in time (exit 3).
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import ray
 
-from launchers.ports import NodePorts, busy_ports
+from launchers.ports import NodePorts, block_ports, busy_ports
 from launchers.slurm import remove_if_empty
 
 PORTS_BUSY = 3  # the step's exit code when another job (or anything) holds one of the node's ports
@@ -56,6 +59,13 @@ def node_step(node_dir: Path, ports: NodePorts, head: bool, command: list[str]) 
     return 128 - rc if rc < 0 else rc
 
 
+def probe(bases: list[int]) -> int:
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    busy = busy_ports(p for base in bases for p in block_ports(base))
+    print("PROBE", node, *busy, flush=True)
+    return 0
+
+
 def members(timeout: float, want: dict[str, str]) -> int:
     deadline = time.monotonic() + timeout
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, logging_level="ERROR")
@@ -75,6 +85,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["step"] and len(argv) > 5 and argv[4] == "--":
         node_dir, base, role = argv[1:4]
         return node_step(Path(node_dir), NodePorts(int(base)), role == "head", argv[5:])
+    if argv[:1] == ["probe"] and len(argv) > 1 and all(a.isdigit() for a in argv[1:]):
+        return probe([int(a) for a in argv[1:]])
     if argv[:1] == ["members"] and len(argv) > 2:
         return members(float(argv[1]), dict(w.split("=", 1) for w in argv[2:]))
     print(__doc__, file=sys.stderr)

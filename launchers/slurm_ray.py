@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from launchers.ports import NodePorts, job_node_ports
+from launchers.ports import NodePorts, block_ports, first_free_block, job_node_ports, job_port_bases
 from launchers.slurm import (
     JobFailed,
     JobLog,
@@ -265,6 +265,43 @@ class RayCluster:
         self.steps = []
 
 
+def free_block(job: SlurmJob, nodes: list[Node], env: Mapping[str, str], log: JobLog) -> int:
+    """The first of the job's port blocks that no process listens in on any of its nodes.
+
+    One short srun step on every node lists the ports in use (launchers/slurm_node.py `probe`); each Ray node
+    still refuses to start on a port taken in the moment between this check and its start.
+    """
+    bases = job_port_bases(int(job.id), env)
+    cmd = ["srun", f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}", "--ntasks-per-node=1",
+           f"--cpus-per-task={job.cpus}", "--job-name=rb-port-probe", *NODE_STEP, "probe", *map(str, bases)]  # fmt: skip
+    try:
+        out = subprocess.run(cmd, env=dict(env), capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise JobFailed("the port probe on the job's nodes did not finish within 120 s") from None
+    busy = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("PROBE "):
+            _, node, *taken = line.split()
+            busy.setdefault(node, set()).update(int(p) for p in taken)
+    if out.returncode != 0 or not busy:
+        raise JobFailed(
+            f"the port probe on the job's nodes failed (exit {out.returncode}): {out.stderr[-500:]}"
+        )
+    base, passed = first_free_block(bases, busy)
+    for line in passed:
+        log(line)
+    if base is None:
+        raise JobFailed(
+            f"all {len(bases)} port blocks this job may take are in use; set RB_RAY_PORT_BASE to a free band"
+            " or RB_RAY_PORT_TRIES to try more blocks"
+        )
+    if passed:
+        log(
+            f"moved to port block {base}-{block_ports(base).stop - 1} (block {bases.index(base) + 1} of {len(bases)})"
+        )
+    return base
+
+
 def grid_job(grid: str, run_args: list[str], env: Mapping[str, str] = os.environ) -> int:
     """Run `resnet-bench run GRID RUN_ARGS` on a Ray cluster made of this Slurm job's nodes; the exit code.
 
@@ -287,7 +324,7 @@ def grid_job(grid: str, run_args: list[str], env: Mapping[str, str] = os.environ
         head = env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
         nodes = discover_nodes(job.nodelist, head)
         check_grid_fits(path, len(nodes), job.gpus_per_node, job.nodelist)
-        ports = job_node_ports(int(job.id), [n.slot for n in nodes], env)
+        ports = job_node_ports(int(job.id), [n.slot for n in nodes], env, free_block(job, nodes, env, log))
         # Fresh and private (mode 0700), unique even where job ids repeat (two throw-away test clusters).
         job_dir = Path(tempfile.mkdtemp(prefix=f"rb-{job.id}.", dir=env.get("RB_RAY_TMPDIR") or "/tmp"))
         check(

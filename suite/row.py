@@ -8,16 +8,13 @@ whose Ray workers all died (`failure_row`, written by the Ray launcher), and the
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
-import deepspeed
 import torch
 
 from suite.peaks import DeviceInfo
+from suite.provenance import provenance
 from suite.spec import RunSpec
 
 # The timed-window columns (suite/measure.py) a side-by-side benchmark compares; nothing is recomputed there.
@@ -72,29 +69,6 @@ class Measured:
     time_to_target_s: float | None
     restarts: int
     curves: list[dict] = field(default_factory=list)
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def provenance(extra: dict) -> dict:
-    """Library versions and the code's git sha, plus what the launcher knows (ray_version, slurm_job_id)."""
-    return {
-        "torch_version": torch.__version__,
-        "deepspeed_version": deepspeed.__version__,
-        "python_version": platform.python_version(),
-        "git_sha": git_sha(),
-        "ray_version": None,
-        "slurm_job_id": None,
-        **extra,
-    }
 
 
 def _spec_columns(spec: RunSpec) -> dict:
@@ -186,6 +160,7 @@ def run_row(
     restarts: int,
     provenance_extra: dict,
     hosts: list[str],
+    device: torch.device | None = None,
     oom_retries: int = 0,
     train_time_s: float | None = None,
     measured: Measured | None = None,
@@ -193,7 +168,7 @@ def run_row(
     """The row of one run: its spec's columns, what it measured (None unless it finished), its outcome."""
     row = {
         **_spec_columns(spec),
-        **provenance(provenance_extra),
+        **provenance(provenance_extra, device),
         "restarts": restarts,
         "oom_retries": oom_retries,
         "started_at": started,

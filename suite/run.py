@@ -12,6 +12,7 @@ import gc
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from suite.peaks import device_info
 from suite.results import grid_dir, read_run, write_run
 from suite.row import Measured, run_row
 from suite.spec import RunSpec
+from suite.tracking import RunLog, tensorboard_dir
 from suite.trainer import Diverged, Trainer, TrainState
 
 # Training batches per rank that BatchNorm's statistics are re-estimated on after a post-hoc purge: about 3 k
@@ -267,6 +269,10 @@ def run(
     hosts = sorted(set(gather_objects(socket.gethostname())))
     measured, oom_retries, status, error = None, 0, "ok", None
     micro, accum = spec.micro_batch, spec.grad_accum
+    log = None
+    if placement.rank == 0 and context.write:
+        log = RunLog(tensorboard_dir(results_dir, spec.grid, spec.run_id))
+        context = replace(context, on_epoch=_also(log.epoch, context.on_epoch))
     try:
         parent = parent_facts(spec, results_dir)
         info = info or prepare_data_once(data_config(spec))
@@ -275,7 +281,7 @@ def run(
                 measured = _attempt(spec, placement, context, info, micro, accum, parent)
             except torch.OutOfMemoryError:
                 # Half the micro-batch, twice the accumulation: the global batch (and so the science) is kept.
-                if micro == 1:
+                if micro == 1 or not spec.oom_retry:
                     raise
                 micro, accum, oom_retries = micro // 2, accum * 2, oom_retries + 1
                 gc.collect()
@@ -301,6 +307,7 @@ def run(
         restarts=context.restarts,
         provenance_extra=context.provenance,
         hosts=hosts,
+        device=placement.device,
         oom_retries=oom_retries,
         train_time_s=time.perf_counter() - t0,
         measured=measured,
@@ -308,5 +315,19 @@ def run(
     curves = measured.curves if measured else []
     if placement.rank == 0 and context.write:
         write_run(results_dir, row, curves)
+    if log is not None:
+        log.final(row, step=len(curves))
+        log.close()
     row["curves"] = curves
     return row
+
+
+def _also(first: Callable[[dict], None], then: Callable[[dict, Path | None], None] | None):
+    """An epoch hook that calls `first(point)`, then the launcher's own hook."""
+
+    def on_epoch(point: dict, path: Path | None) -> None:
+        first(point)
+        if then is not None:
+            then(point, path)
+
+    return on_epoch

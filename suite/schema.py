@@ -14,7 +14,7 @@ import pyarrow as pa
 from suite.data import registry as data_backends
 from suite.vocab import ARCHS, LAUNCHERS, PRECISIONS, STATUSES, VARIANT_DOCS, VARIANTS, ZERO_STAGES, one_of
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -237,10 +237,16 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
     (
         "provenance",
         (
+            Column("suite_version", pa.string(), "resnet-bench version (`resnet-bench --version`)"),
             Column("torch_version", pa.string(), "torch version"),
             Column("deepspeed_version", pa.string(), "DeepSpeed version"),
             Column("ray_version", pa.string(), "Ray version (null outside Ray)"),
             Column("python_version", pa.string(), "Python version"),
+            Column("cuda_version", pa.string(), "CUDA runtime torch was built with (null on CPU)"),
+            Column("cudnn_version", pa.string(), "cuDNN version, as torch reports it (null on CPU)"),
+            Column("nccl_version", pa.string(), "NCCL version, major.minor.patch (null on CPU)"),
+            Column("gpu_driver", pa.string(), "NVIDIA driver version of rank 0's node (null on CPU)"),
+            Column("cpu_model", pa.string(), "CPU model of rank 0's node (/proc/cpuinfo)"),
             Column("git_sha", pa.string(), "commit of the suite that ran (null outside a git checkout)"),
             Column("hosts", pa.list_(pa.string()), "host names of the ranks"),
             Column("slurm_job_id", pa.string(), "Slurm job id (null outside Slurm)"),

@@ -68,6 +68,9 @@ class RunSpec:
     grad_accum: int = 1
     precision: str = "fp32"
     zero_stage: int = 0
+    # On out-of-memory, retry with half the micro-batch and twice the accumulation (the global batch is kept,
+    # the step's numerics and speed are not); false: an out-of-memory run is a `failed` row instead.
+    oom_retry: bool = True
     # optimizer
     lr: float = 0.1  # for a global batch of 256, scaled linearly (Goyal et al. 2017)
     momentum: float = 0.9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -251,6 +252,7 @@ def test_two_node_point_spreads_workers_and_exports_live_metrics(tmp_path, two_n
     assert driver.returncode == 0, log.read_text()[-3000:]
     (row,) = rows(results)
     assert row["status"] == "ok" and row["world_size"] == 2 and row["nodes"] == 2
+    assert f"shared storage: 2 nodes see {(results / 'g').resolve()}" in log.read_text()
     assert seen is not None, "the images/s gauge never appeared on the metrics endpoint"
     assert f'run_id="{row["run_id"]}"' in seen and 'grid="g"' in seen
     # The two Train workers ran on different Ray nodes.
@@ -263,3 +265,59 @@ def test_two_node_point_spreads_workers_and_exports_live_metrics(tmp_path, two_n
         assert len({w.node_id for w in workers}) == 2
     finally:
         ray.shutdown()
+
+
+def _can_unshare_mounts() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs `unshare -m` (root or user namespaces)")
+def test_a_node_that_does_not_see_the_results_stops_the_grid_naming_it(tmp_path):
+    """A second Ray node in its own mount namespace, with an empty tmpfs where the results are: a node whose
+    `results/` is its local disk. The multi-node point must not start, and the error names the node."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    results = shared / "results"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1"})
+    node_log = tmp_path / "node.log"
+    mount_then_start = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+    node = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", mount_then_start, str(shared),
+         sys.executable, "-m", "launchers.ray_loopback", "start", f"--address={cluster.address}",
+         "--num-cpus=1", "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats"],
+        cwd=REPO, stdout=node_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        ray.init(address=cluster.address)
+        try:
+            deadline = time.monotonic() + 120
+            while sum(n["Alive"] for n in ray.nodes()) < 2:
+                assert node.poll() is None and time.monotonic() < deadline, node_log.read_text()[-2000:]
+                time.sleep(0.5)
+        finally:
+            ray.shutdown()
+        grid = grid_file(tmp_path, "points:\n  - {arch: resnet50, nodes: 2}\n", nodes=2, dpn=1)
+        proc = resnet_bench("run", str(grid), "--results", str(results), env={"RAY_ADDRESS": cluster.address})
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+        cluster.shutdown()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1, proc.stderr[-3000:]
+    assert re.search(
+        rf"node \S+ \(127\.0\.0\.1\) does not share the results directory {re.escape(str(results / 'g'))}: it"
+        r" cannot read the driver's marker",
+        error[0],
+    ), error[0]
+    assert not (results / "g").exists()  # nothing written: no row, no checkpoint, no leftover marker

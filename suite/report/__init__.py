@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suite.files import write_atomic
-from suite.report import compare, plots, sections, stats
+from suite.report import compare, environment, plots, sections, stats
 from suite.report.data import Config, Inputs, aggregate_configs, load
 from suite.report.document import Document
 from suite.report.html import render_html
@@ -70,7 +70,7 @@ def build_document(analysis: Analysis) -> Document:
             sections.curves(configs, analysis.curves, plots.curves_plot(analysis.curves), many_grids),
             sections.launchers(analysis.launcher_pairs, configs),
             sections.failed(configs, many_grids),
-            sections.provenance(inputs),
+            environment.provenance(inputs, configs, many_grids),
         ],
     )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 
 from suite.report import claims, compare, convergence, stats
 from suite.report.cells import (
@@ -326,62 +325,6 @@ def failed(configs: list[Config], many_grids: bool) -> Section:
     )
     headers = ("run", "configuration", "where", "repeat", "status", "error", "restarts")
     section.blocks.append(Table(headers, rows, "lllrlwr"))
-    return section
-
-
-def _values(pairs: list[tuple[str, int]], limit: int = 6) -> str:
-    shown = [f"{v} ({n})" for v, n in pairs[:limit]]
-    if len(pairs) > limit:
-        shown.append(f"… {len(pairs) - limit} more")
-    return ", ".join(shown) if shown else DASH
-
-
-def _hosts(hosts: list[str], limit: int = 8) -> str:
-    if not hosts:
-        return DASH
-    more = f", … {len(hosts) - limit} more" if len(hosts) > limit else ""
-    return f"{len(hosts)}: {', '.join(hosts[:limit])}{more}"
-
-
-def _iso(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def provenance(inputs: Inputs) -> Section:
-    section = Section("7. Environment and provenance", "provenance")
-    runs = inputs.runs
-    if not runs:
-        section.blocks.append(Paragraph("No runs."))
-        return section
-    section.blocks.append(
-        Paragraph("Over all runs, any status; the number of runs with each value in brackets.")
-    )
-    devices = [
-        None
-        if r["device_name"] is None
-        else f"{r['device_name']} ({fmt_num(r['device_peak_flops_per_s'], 0, 1e-12)} TFLOP/s peak, "
-        f"{r['device_peak_source'] or 'source not recorded'})"
-        for r in runs
-    ]
-    device_hours = (
-        sum(r["world_size"] * (r["ended_at"] - r["started_at"]).total_seconds() for r in runs) / 3600
-    )
-    rows = [
-        ("grids", _values(compare.counted(r["grid"] for r in runs))),
-        ("launchers", _values(compare.counted(r["launcher"] for r in runs))),
-        ("devices", _values(compare.counted(devices))),
-        ("precision", _values(compare.counted(r["precision"] for r in runs))),
-        ("torch", _values(compare.counted(r["torch_version"] for r in runs))),
-        ("DeepSpeed", _values(compare.counted(r["deepspeed_version"] for r in runs))),
-        ("Ray", _values(compare.counted(r["ray_version"] for r in runs))),
-        ("Python", _values(compare.counted(r["python_version"] for r in runs))),
-        ("git sha", _values(compare.counted(r["git_sha"] for r in runs))),
-        ("Slurm jobs", _values(compare.counted(r["slurm_job_id"] for r in runs))),
-        ("hosts", _hosts(sorted({h for r in runs for h in (r["hosts"] or [])}))),
-        ("period", f"{_iso(min(r['started_at'] for r in runs))} – {_iso(max(r['ended_at'] for r in runs))}"),
-        ("device-hours", f"{fmt_num(device_hours, 1)} (world size × wall time, summed)"),
-    ]
-    section.blocks.append(Table(("what", "values (runs)"), tuple(rows), "ll"))
     return section
 
 
