@@ -31,7 +31,7 @@ from launchers.ray_worker import train_worker
 from launchers.storage import check_shared_storage
 from suite.data.config import DatasetInfo, data_config
 from suite.distributed import free_port
-from suite.errors import check
+from suite.errors import UserError, check
 from suite.results import finished_run_ids, grid_dir, read_runs, remove_temporaries, write_run
 from suite.row import failure_row
 from suite.spec import RunSpec
@@ -147,16 +147,20 @@ def ray_session(grid: Grid, *, verbose: bool = False, logs_dir: Path | None = No
             **console,
         )
     dashboard = context.dashboard_url or None
+    keep = logs_dir is not None
     try:
         with _environment({**TUNE_ENV, **({} if verbose else QUIET_TUNE_ENV)}):
             yield RaySession(
                 ray.cluster_resources(),
                 dashboard if not dashboard or "://" in dashboard else f"http://{dashboard}",
             )
+    except UserError:
+        keep = False  # refused before any point started: nothing is written
+        raise
     finally:
         ray.shutdown()
         if temp_dir:
-            if logs_dir is not None:
+            if keep:
                 keep_logs(Path(temp_dir), logs_dir)
             shutil.rmtree(temp_dir, ignore_errors=True)
 

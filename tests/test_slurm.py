@@ -167,46 +167,40 @@ def test_bad_input_fails_the_job_with_the_reason_and_writes_nothing(slurm, tmp_p
     assert not results.exists()
 
 
-def test_a_job_whose_port_blocks_are_all_in_use_fails_naming_the_port(slurm, tmp_path):
-    # Occupy node2's node-manager port (the job's ports follow from its id: launchers/ports.py; node2 is the
-    # second node on 127.0.0.1, slot 1) and let the job try one block only: it stops before any Ray node
-    # starts, naming the port. (With more blocks it moves on: the test below.)
-    grid, results = grid_file(tmp_path, "nj"), tmp_path / "results"
-    job = submit_grid(slurm, grid, results, hold=True, env={"RB_RAY_PORT_TRIES": "1"})
+def run_with_node2_port_held(slurm, tmp_path, name: str, timeout: float, **env) -> tuple[str, int, dict, str]:
+    """Submit a grid job held, occupy node2's node-manager port of the job's own block (the ports follow from
+    the job id: launchers/ports.py; node2 is the second node on 127.0.0.1, slot 1), release it, wait."""
+    job = submit_grid(slurm, grid_file(tmp_path, name), tmp_path / "results", hold=True, env=env)
     _, node2 = ports.job_node_ports(int(job), [0, 1], {"RB_RAY_PORT_BASE": str(PORT_BASE)})
-    port = node2.node_manager
     with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", port))
+        blocker.bind(("127.0.0.1", node2.node_manager))
         blocker.listen()
         subprocess.run(["scontrol", "release", job], env=slurm.env, check=True, timeout=30)
-        info = slurm.wait(job, timeout=120)
-    log = slurm.output(job)
+        info = slurm.wait(job, timeout=timeout)
+    return job, node2.node_manager, info, slurm.output(job)
+
+
+def test_a_job_whose_port_blocks_are_all_in_use_fails_naming_the_port(slurm, tmp_path):
+    # One block to try: the job stops before any Ray node starts, naming the port (with more it moves on).
+    job, port, info, log = run_with_node2_port_held(slurm, tmp_path, "nj", 120, RB_RAY_PORT_TRIES="1")
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "1:0"), log
     assert f"node2: {port})" in log and "all 1 port blocks this job may take are in use" in log
-    assert "Ray head" not in log and "resnet-bench run" not in log and not results.exists()
+    assert "Ray head" not in log and "resnet-bench run" not in log and not (tmp_path / "results").exists()
     assert wait_for("the job's processes to end", lambda: not job_processes(job), 30)
 
 
 def test_a_job_whose_port_block_is_in_use_moves_to_the_next_and_says_so(slurm, tmp_path):
-    # Another process holds a port of the job's own block (node2's node-manager port): the job takes the
-    # next block instead of dying, and its log names the busy port and the block it took.
-    grid, results = grid_file(tmp_path, "mv"), tmp_path / "results"
-    job = submit_grid(slurm, grid, results, hold=True)
-    _, node2 = ports.job_node_ports(int(job), [0, 1], {"RB_RAY_PORT_BASE": str(PORT_BASE)})
-    port = node2.node_manager
-    next_block = ports.job_port_bases(int(job), {"RB_RAY_PORT_BASE": str(PORT_BASE)})[1]
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", port))
-        blocker.listen()
-        subprocess.run(["scontrol", "release", job], env=slurm.env, check=True, timeout=30)
-        info = slurm.wait(job, timeout=300)
-    log = slurm.output(job)
+    # Another process holds a port of the job's own block: the job takes the next block instead of dying,
+    # and its log names the busy port and the block it took.
+    job, port, info, log = run_with_node2_port_held(slurm, tmp_path, "mv", 300)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
-    block = ports.block_ports(node2.base - ports.NODE_PORT_BLOCK)
-    assert f"port block {block.start}-{block.stop - 1} is in use (node1: {port}; node2: {port})" in log
-    assert f"moved to port block {next_block}-{next_block + ports.JOB_PORT_BLOCK - 1} (block 2 of 8)" in log
-    assert all(r.start >= next_block for r in JobLog(log).port_ranges.values())
-    assert [r["status"] for r in rows(results, "mv")] == ["ok"]
+    own, following = ports.job_port_bases(int(job), {"RB_RAY_PORT_BASE": str(PORT_BASE)})[:2]
+    assert (
+        f"port block {own}-{own + ports.JOB_PORT_BLOCK - 1} is in use (node1: {port}; node2: {port})" in log
+    )
+    assert f"moved to port block {following}-{following + ports.JOB_PORT_BLOCK - 1} (block 2 of 8)" in log
+    assert all(r.start >= following for r in JobLog(log).port_ranges.values())
+    assert [r["status"] for r in rows(tmp_path / "results", "mv")] == ["ok"]
 
 
 # ------------------------------------------------------------------------------------------- srun path
