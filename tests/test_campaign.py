@@ -62,6 +62,23 @@ def test_a_row_records_its_platform_and_the_run_writes_tensorboard_files(tmp_pat
     assert got["test/top1"] == [(2, pytest.approx(row["top1"]))]
 
 
+def test_run_one_keeps_at_most_two_epoch_checkpoints_while_it_runs(tmp_path):
+    config = write_config(tmp_path, epochs=6, steps_per_epoch=6)
+    ckpt = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "resnet_bench", "run-one", str(config), "--results", str(tmp_path / "results"),
+           "--checkpoint-dir", str(ckpt)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    counts = []
+    deadline = time.monotonic() + 300
+    while proc.poll() is None:
+        assert time.monotonic() < deadline
+        counts.append(len(list(ckpt.glob("epoch*"))))
+        time.sleep(0.02)
+    assert proc.wait() == 0, proc.stderr.read()[-3000:]
+    assert 1 <= max(counts) <= 2, counts
+    assert sorted(p.name for p in ckpt.glob("epoch*")) == ["epoch0006"]  # the newest, which a resume reads
+
+
 def test_oom_retry_off_makes_an_oom_a_failed_row_and_the_report_lists_reduced_runs(tmp_path):
     oom = {"RESNET_BENCH_FAULTS": "oom_above_micro=8"}
     for name, switch in (("retry", {}), ("no-retry", {"oom_retry": False})):

@@ -315,6 +315,8 @@ def test_grid_job_writes_ray_rows_and_prints_the_tunnel(grids):
         assert epochs == list(range(EPOCHS[name]))
         assert log.tunnel.startswith(f"ssh -N -L 8265:127.0.0.1:{log.dashboard_port} ")
         assert log.tunnel.endswith("@vm")  # the head node's host name (both fake nodes share it)
+        # Both nodes read the driver's marker in the results and wrote theirs back before the point started.
+        assert f"shared storage: 2 nodes see {(job['results'] / name).resolve()}" in log.text
 
 
 @SHARED_RUN
