@@ -42,6 +42,7 @@ import suite.run  # noqa: F401
 from resnet_bench import main
 from suite.errors import UserError
 from suite.results import read_runs
+from suite.schema import SCHEMA_VERSION
 from suite.spec import RunSpec
 from tests.data_trees import drop_dac_capabilities
 
@@ -386,14 +387,14 @@ CASES: list[Case] = [
     Case("rows of another schema version (run)", "results",
          lambda w: schema_99(w / "results") and run_grid("")(w),
          lambda w: f"{w / 'results' / 'g' / 'runs' / 'old.parquet'} has result schema version 99",
-         "this resnet-bench reads version 3"),
+         f"this resnet-bench reads version {SCHEMA_VERSION}"),
     Case("a results file that is not Parquet (run)", "results",
          lambda w: write(w / "results" / "g" / "runs" / "x.parquet", "garbage") and run_grid("")(w),
          lambda w: str(w / "results" / "g" / "runs" / "x.parquet")),
     # --- report -------------------------------------------------------------------------------------------
     Case("report: rows of another schema version", "report",
          lambda w: schema_99(w / "results") and ["report", str(w / "results")],
-         lambda w: "old.parquet has result schema version 99", "this resnet-bench reads version 3"),
+         lambda w: "old.parquet has result schema version 99", f"this resnet-bench reads version {SCHEMA_VERSION}"),
     Case("report: results directory missing", "report", lambda w: ["report", str(w / "nothing")],
          lambda w: f"results directory '{w / 'nothing'}' does not exist", "accepted: a directory of grids"),
     Case("report: unknown grid", "report",

@@ -97,7 +97,7 @@ def test_oom_retry_off_makes_an_oom_a_failed_row_and_the_report_lists_reduced_ru
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (tmp_path / "results" / "t" / "report.md").read_text()
-    assert "1 runs had their micro-batch halved after running out of memory" in report
+    assert "1 run ran out of memory and retried with half the micro-batch" in report
     line = next(line for line in report.splitlines() if reduced["run_id"] in line and "8 × 2" in line)
     assert "| 16 |" in line  # the spec's micro-batch beside the one it ran at
     assert failed["run_id"] not in line

@@ -290,7 +290,8 @@ def test_a_node_that_does_not_see_the_results_stops_the_grid_naming_it(tmp_path)
     node = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", mount_then_start, str(shared),
          sys.executable, "-m", "launchers.ray_loopback", "start", f"--address={cluster.address}",
-         "--num-cpus=1", "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats"],
+         "--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000", "--block",
+         "--disable-usage-stats"],
         cwd=REPO, stdout=node_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:

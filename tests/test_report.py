@@ -28,7 +28,7 @@ from resnet_bench import main
 from suite.errors import UserError
 from suite.report import build_report
 from suite.results import write_run
-from suite.schema import RUN_SCHEMA
+from suite.schema import RUN_SCHEMA, SCHEMA_VERSION
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "report.md"
 GRID = "imagenet"
@@ -636,7 +636,9 @@ def test_other_schema_version_is_one_line_error(tmp_path, capsys):
         pa.Table.from_pylist([{**row, "schema_version": 99}], schema=schema),
         tmp_path / GRID / "runs" / "future.parquet",
     )
-    with pytest.raises(UserError, match="schema version 99; this resnet-bench reads version 3"):
+    with pytest.raises(
+        UserError, match=f"schema version 99; this resnet-bench reads version {SCHEMA_VERSION}"
+    ):
         build_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -142,7 +142,9 @@ def test_other_schema_version_is_a_clear_error(tmp_path):
     runs.mkdir(parents=True)
     table = pa.table({"run_id": ["x"]}).replace_schema_metadata({"resnet_bench_schema_version": "99"})
     pq.write_table(table, runs / "x.parquet")
-    with pytest.raises(UserError, match="schema version 99; this resnet-bench reads version 3"):
+    with pytest.raises(
+        UserError, match=f"schema version 99; this resnet-bench reads version {SCHEMA_VERSION}"
+    ):
         read_runs(tmp_path, "g")
 
 

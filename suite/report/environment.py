@@ -99,7 +99,8 @@ def _reduced_batches(configs: list[Config], many_grids: bool) -> list:
             where(c, many_grids),
             str(r["repeat"]),
             str(json.loads(r["spec_json"])["micro_batch"]),
-            f"{r['micro_batch']} × {r['grad_accum']}",
+            # A run that did not finish has no measured micro-batch: its row keeps the spec's.
+            f"{r['micro_batch']} × {r['grad_accum']}" if r["status"] == "ok" else DASH,
             str(r["oom_retries"]),
             r["status"],
         )
@@ -107,9 +108,9 @@ def _reduced_batches(configs: list[Config], many_grids: bool) -> list:
     )
     return [
         Paragraph(
-            f"{len(hit)} runs had their micro-batch halved after running out of memory: the global batch"
-            " is kept, but step time and rounding are not those of the spec. `oom_retry: false` turns the"
-            " fallback off (the run then fails)."
+            f"{len(hit)} {'run' if len(hit) == 1 else 'runs'} ran out of memory and retried with half the"
+            " micro-batch and twice the accumulation: the global batch is kept, but step time and rounding"
+            " are not those of the spec. `oom_retry: false` turns the fallback off (the run then fails)."
         ),
         Table(
             (
