@@ -1,10 +1,10 @@
 """A grid on Ray: every point a Ray Tune trial whose function runs a Ray Train `TorchTrainer`.
 
 Ray does the scheduling (Tune packs trials into the cluster up to `concurrency`), placement (Train's
-placement group, spread across nodes for multi-node points), retries (`FailureConfig`: a failed worker group
-restarts from the latest reported DeepSpeed checkpoint) and run state (a Train run re-created with the same
-`storage_path` and `name` resumes from its latest checkpoint — how a re-submitted grid continues a point
-whose driver died). Finished points are skipped from the results table itself: `ok`/`diverged` rows.
+placement group, spread across nodes for multi-node points) and retries (`FailureConfig`: a failed worker
+group restarts). Each point's DeepSpeed checkpoints live under `results/<grid>/.checkpoints/<run_id>/`
+(launchers/ray_worker.py): a restarted worker group, or a re-submitted grid whose driver died, resumes from
+the newest. Finished points are skipped from the results table itself: `ok`/`diverged` rows.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -41,10 +41,6 @@ from suite.vocab import FINISHED
 # (Tune rejects 0).
 TRIAL_DRIVER_CPU = 0.01
 HIDDEN_STATE = (".checkpoints", ".tune")  # under results/<grid>/, removed when the grid completes
-# Ray Train keeps every reported checkpoint unless told otherwise: a 90-epoch point would keep 90. Resuming
-# needs only the latest; Ray deletes the older one after the newer is persisted, so a point holds at most two
-# at any moment, and a SIGKILL between the two leaves one whole checkpoint (DeepSpeed's `latest` file names it).
-CHECKPOINTS_KEPT = 1
 
 
 # Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default,
@@ -253,7 +249,6 @@ def trial(config: dict, datasets: Mapping[str, ray.ObjectRef]) -> dict:
             name=spec.run_id,
             storage_path=str(Path(results, spec.grid, ".checkpoints").resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             callbacks=[TuneReportCallback()],
             # Train's per-epoch INFO lines (every report, every checkpoint, from every rank) would bury the
             # grid's progress display; they still reach Ray's log files under the session directory.

@@ -1,18 +1,14 @@
-"""What runs inside each Ray Train worker: the run unit, with checkpoints reported to Ray and live metrics.
+"""What runs inside each Ray Train worker: the run unit, with its epochs reported to Ray and live metrics.
 
 Reads only its `config` argument (a plain dict): no globals from the driver.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import ray
 import ray.train
-from ray.train import Checkpoint
 from ray.util.metrics import Gauge
 
 from suite.context import RunContext
@@ -45,17 +41,29 @@ class LiveMetrics:
                 self.gauges[key].set(float(value), tags=self.tags)
 
 
+def checkpoint_dir(results: str, spec: RunSpec) -> Path:
+    """Where a point's DeepSpeed checkpoints live: under the grid's results, which every node shares
+    (launchers/storage.py checks it), so a restarted worker group on any node resumes from them."""
+    return Path(results) / spec.grid / ".checkpoints" / spec.run_id / "deepspeed"
+
+
 def train_worker(config: dict) -> dict:
-    """Ray Train's per-rank entry point; rank 0's return value is the run row."""
+    """Ray Train's per-rank entry point; rank 0's return value is the run row.
+
+    Checkpoints are the run's own (suite/trainer.py `Trainer.save`: each epoch's DeepSpeed checkpoint, the
+    older one removed once every rank has saved the newer), not reported to Ray: Ray Train persists each
+    reported checkpoint as a copy and removes old ones only when its controller gets round to it, which held
+    three at once in a test with one-second epochs. A restarted worker group (FailureConfig) or a re-run of
+    the grid resumes from the newest, which DeepSpeed's `latest` file names.
+    """
     spec = RunSpec.from_dict(config["spec"])
     rank = ray.train.get_context().get_world_rank()
     live = LiveMetrics(spec.grid, spec.run_id) if rank == 0 else None
-    workdir = Path(tempfile.mkdtemp(prefix=f"rb-ckpt-{rank}-"))
+    where = checkpoint_dir(config["results"], spec)
 
     def on_epoch(point: dict, path: Path | None) -> None:
         metrics = {k: point[k] for k in ("epoch", "loss", "top1_select", "images_per_s", "blocks_active")}
-        # Every rank reports (Ray Train waits for all); each rank's DeepSpeed files land in one checkpoint.
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)) if path else None)
+        ray.train.report(metrics)  # every rank reports (Ray Train waits for all)
         if live:
             live.set(
                 loss=point["loss"],
@@ -68,17 +76,12 @@ def train_worker(config: dict) -> dict:
         if live:
             live.set(images_per_s=progress["images_per_s"])
 
-    checkpoint = ray.train.get_checkpoint()
-    try:
-        with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_from:
-            context = RunContext(
-                checkpoint_dir=str(workdir / "ckpt"),
-                resume_from=resume_from,
-                provenance={"ray_version": ray.__version__, "slurm_job_id": config.get("slurm_job_id")},
-                on_epoch=on_epoch,
-                on_progress=on_progress,
-            )
-            info = DatasetInfo.from_dict(ray.get(config["dataset"]))  # as the driver checked it
-            return run(spec, config["results"], context, info=info)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    context = RunContext(
+        checkpoint_dir=str(where),
+        resume_from=str(where) if (where / "latest").is_file() else None,
+        provenance={"ray_version": ray.__version__, "slurm_job_id": config.get("slurm_job_id")},
+        on_epoch=on_epoch,
+        on_progress=on_progress,
+    )
+    info = DatasetInfo.from_dict(ray.get(config["dataset"]))  # as the driver checked it
+    return run(spec, config["results"], context, info=info)
