@@ -170,8 +170,15 @@ def test_driver_killed_and_rerun_finishes_without_duplicates(tmp_path):
     for r in final:
         if r["run_id"] in first:
             assert r["ended_at"] == first[r["run_id"]] and r["attempts"] == 0  # not re-run
+    # Tables and reports, plus what a user keeps on purpose: the TensorBoard files and the worker logs.
+    kept = ("tensorboard", "logs")
     visible = sorted(p.name for p in (results / "g").rglob("*") if p.is_file())
-    assert all(name.endswith(".parquet") or name.startswith("report.") for name in visible), visible
+    tables = [
+        p.name for p in (results / "g").rglob("*")
+        if p.is_file() and p.relative_to(results / "g").parts[0] not in kept
+    ]  # fmt: skip
+    assert all(name.endswith(".parquet") or name.startswith("report.") for name in tables), tables
+    assert {p.name for p in (results / "g" / "tensorboard").iterdir()} == {r["run_id"] for r in final}
     assert not [n for n in visible if n.startswith(".") or n.endswith(".tmp")]
     assert not (results / "g" / ".tune").exists() and not (results / "g" / ".checkpoints").exists()
 
