@@ -257,7 +257,7 @@ def grids(slurm, tmp_path_factory):
         if all(finished(slurm, jobs[name]["id"], info) for name, info in infos.items()):
             break
         assert time.monotonic() < deadline, f"grid jobs still {states}"
-        if not gb["signalled"] and list((gb["results"] / "gb" / ".checkpoints").glob("*/checkpoint_*")):
+        if not gb["signalled"] and list((gb["results"] / "gb" / ".checkpoints").glob("*/deepspeed/latest")):
             slurm.scancel(gb["id"], "--signal=USR1", "--batch")
             gb["signalled"] = True
         if infos["gb"]["Restarts"] == "1" and states["gb"] == "PENDING":
