@@ -45,7 +45,9 @@ class GridProgress(Callback):
         # A point's images/s is known from its first epoch on; before that the bar says so instead of 0.
         known = [self.throughput[t] for t in self.running if t in self.throughput]
         speed = f"{sum(known):,.0f} img/s" if known else "img/s after the first epoch"
-        state = f"running {len(self.running)} · failed {self.failed} · {speed}"
+        state = f"running {len(self.running)} · failed {self.failed}" + (
+            f" · {speed}" if self.running else ""
+        )
         self.progress.update(self.task, state=state)
 
     def session_started(self, dashboard_url: str | None, logs: Path) -> None:
