@@ -1,8 +1,8 @@
 """Before a multi-node point starts: does every node of the Ray cluster see the grid's results directory?
 
 A multi-node point's ranks write and read under `results/<grid>/`: rank 0 writes the row, and every rank
-persists its DeepSpeed shard to Ray Train's `storage_path` (`results/<grid>/.checkpoints`) and reads it back on
-a restart. A node whose `results/` is its own local disk would train, and then lose its row or fail to resume,
+saves its DeepSpeed shard under `results/<grid>/.checkpoints/` (launchers/ray_worker.py) and reads it back on
+a restart, which Ray may place on another node. A node whose `results/` is its own local disk would train, and then lose its row or fail to resume,
 hours later. So each node is asked to read a marker the driver wrote and to write one back, which the driver
 reads; a node that cannot stops the grid with one line naming it and the path (slurm/README.md).
 """
