@@ -74,20 +74,27 @@ def block_ports(base: int) -> range:
 
 
 def first_free_block(bases: list[int], busy: Mapping[str, Iterable[int]]) -> tuple[int | None, list[str]]:
-    """The first of `bases` whose block no node listens in, and a line for every block passed over.
+    """The first of `bases` whose block holds none of the ports in use, and the lines for the job's log.
 
-    `busy` maps each node to the ports it found in use (launchers/slurm_node.py `probe`).
+    `busy` maps each node to the ports it found in use (launchers/slurm_node.py `probe`). The lines name
+    every block passed over and its busy ports, then the block taken; None: every block is in use.
     """
-    passed = []
-    for base in bases:
+    lines = []
+    for i, base in enumerate(bases):
         block = block_ports(base)
         held = {node: sorted(p for p in ports if p in block) for node, ports in busy.items()}
         held = {node: ports for node, ports in held.items() if ports}
         if not held:
-            return base, passed
+            if i:
+                lines.append(f"moved to port block {base}-{block.stop - 1} (block {i + 1} of {len(bases)})")
+            return base, lines
         where = "; ".join(f"{node}: {' '.join(map(str, ports[:4]))}" for node, ports in sorted(held.items()))
-        passed.append(f"port block {base}-{block.stop - 1} is in use ({where})")
-    return None, passed
+        lines.append(f"port block {base}-{block.stop - 1} is in use ({where})")
+    lines.append(
+        f"all {len(bases)} port blocks this job may take are in use; set RB_RAY_PORT_BASE to a free band or"
+        " RB_RAY_PORT_TRIES to try more blocks"
+    )
+    return None, lines
 
 
 def _offset(n: int) -> property:

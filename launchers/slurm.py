@@ -16,12 +16,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from launchers.grid import Grid, load_grid
-from launchers.ports import JOB_PORT_BLOCK, busy_ports, job_port_bases
+from launchers.ports import busy_ports, first_free_block, job_port_bases
 from suite.errors import UserError, check
 
 
@@ -285,23 +285,22 @@ def report_failure(log: JobLog, error: Exception) -> int:
 
 
 def rendezvous_port(job: SlurmJob, log: JobLog, env: Mapping[str, str]) -> int:
-    """Rank 0's rendezvous port: the first port of the job's block, or of the next block if it is in use.
-
-    The batch step runs on the job's first node, where rank 0 listens, so the check is local.
-    """
+    """Rank 0's rendezvous port: the first port of the job's block, or of the next block whose first port is
+    free. The batch step runs on the job's first node, where rank 0 listens, so the check is local."""
     bases = job_port_bases(int(job.id), env)
-    for base in bases:
-        if not busy_ports([base]):
-            if base != bases[0]:
-                log(
-                    f"moved to port block {base}-{base + JOB_PORT_BLOCK - 1} (block {bases.index(base) + 1} of {len(bases)})"
-                )
-            return base
-        log(f"port {base}, the rendezvous port of port block {base}-{base + JOB_PORT_BLOCK - 1}, is in use")
-    raise JobFailed(
-        f"the rendezvous ports of all {len(bases)} port blocks this job may take are in use; set"
-        " RB_RAY_PORT_BASE to a free band or RB_RAY_PORT_TRIES to try more blocks"
-    )
+    node = env.get("SLURMD_NODENAME") or socket.gethostname()
+    return take_block(bases, {node: busy_ports(bases)}, log)
+
+
+def take_block(bases: list[int], busy: Mapping[str, Iterable[int]], log: JobLog) -> int:
+    """The first free block of `bases` (launchers/ports.py `first_free_block`), logging the ones passed over;
+    `JobFailed` when every one is in use."""
+    base, lines = first_free_block(bases, busy)
+    for line in lines if base is not None else lines[:-1]:
+        log(line)
+    if base is None:
+        raise JobFailed(lines[-1])
+    return base
 
 
 def one_config_job(config: str, run_one_args: list[str], env: Mapping[str, str] = os.environ) -> int:

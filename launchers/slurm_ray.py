@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from launchers.ports import NodePorts, block_ports, first_free_block, job_node_ports, job_port_bases
+from launchers.ports import NodePorts, job_node_ports, job_port_bases
 from launchers.slurm import (
     JobFailed,
     JobLog,
@@ -43,6 +43,7 @@ from launchers.slurm import (
     env_number,
     report_failure,
     requeue,
+    take_block,
 )
 from suite.errors import UserError, check
 
@@ -287,19 +288,7 @@ def free_block(job: SlurmJob, nodes: list[Node], env: Mapping[str, str], log: Jo
         raise JobFailed(
             f"the port probe on the job's nodes failed (exit {out.returncode}): {out.stderr[-500:]}"
         )
-    base, passed = first_free_block(bases, busy)
-    for line in passed:
-        log(line)
-    if base is None:
-        raise JobFailed(
-            f"all {len(bases)} port blocks this job may take are in use; set RB_RAY_PORT_BASE to a free band"
-            " or RB_RAY_PORT_TRIES to try more blocks"
-        )
-    if passed:
-        log(
-            f"moved to port block {base}-{block_ports(base).stop - 1} (block {bases.index(base) + 1} of {len(bases)})"
-        )
-    return base
+    return take_block(bases, busy, log)
 
 
 def grid_job(grid: str, run_args: list[str], env: Mapping[str, str] = os.environ) -> int:
