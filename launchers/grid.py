@@ -20,7 +20,9 @@ points:                       # extra points: overrides of the defaults
 ```
 Children (`scratch`, and `posthoc` with `purge_blocks: match`) copy a decision of their ε parent: the `eps`
 point equal to them in every other field, ε and repeat included (`RunSpec.parent`). The parent must be in the
-grid, and the grid lists (and runs) every parent before any child.
+grid, and the grid lists (and runs) every parent before any child. A `posthoc` point trains what the plain
+point with its other fields trains (`RunSpec.purged_from`): when the grid has that point, the post-hoc point
+runs after it and purges its final checkpoint.
 `global_batch` may be given (in defaults, an axis or a point) instead of `grad_accum`: the accumulation is
 then derived per point, and must come out a whole number.
 """
@@ -173,8 +175,23 @@ def _has_epsilon(values: dict) -> bool:
     )
 
 
+def purge_sources(specs) -> dict[str, RunSpec]:
+    """Post-hoc points whose training is another point of the grid (`RunSpec.purged_from`), by run id, with
+    that point: they run after it and purge its network instead of training the same one again."""
+    ids = {s.run_id: s for s in specs}
+    return {
+        s.run_id: ids[s.purged_from.run_id] for s in specs if s.purged_from and s.purged_from.run_id in ids
+    }
+
+
+def runs_later(spec: RunSpec, sources: dict[str, RunSpec]) -> bool:
+    """Children and post-hoc points with a source in the grid run after every other point."""
+    return spec.has_parent or spec.run_id in sources
+
+
 def parents_first(specs: list[RunSpec], labels: dict[str, str]) -> list[RunSpec]:
-    """Every child's parent must be a point of the grid; parents are listed (and run) before children."""
+    """Every child's parent must be a point of the grid; parents (and the plain points post-hoc points purge)
+    are listed, and run, before the points that read them."""
     ids = {s.run_id for s in specs}
     for spec in specs:
         parent = spec.parent
@@ -184,7 +201,8 @@ def parents_first(specs: list[RunSpec], labels: dict[str, str]) -> list[RunSpec]
             f" epsilon {spec.epsilon} and every other field the same, which the grid does not have; accepted:"
             " the eps point in the axes or the points",
         )
-    return [s for s in specs if not s.has_parent] + [s for s in specs if s.has_parent]
+    sources = purge_sources(specs)
+    return [s for s in specs if not runs_later(s, sources)] + [s for s in specs if runs_later(s, sources)]
 
 
 def load_grid(path: str | Path) -> Grid:

@@ -7,7 +7,7 @@ from functools import cache
 import torch
 from rich.table import Table
 
-from launchers.grid import Grid
+from launchers.grid import Grid, purge_sources
 from suite.data.config import DatasetInfo
 from suite.models import build_model, count_flops
 from suite.peaks import PLANNING_GPU, PLANNING_PRECISION, device_info, planning_peak
@@ -29,12 +29,20 @@ def variant_cell(variant: str, side_head: bool) -> str:
     return f"{variant} + side head" if side_head and variant != "eps" else variant
 
 
-def estimate_seconds(spec: RunSpec, info: DatasetInfo, peak_per_device: float, mfu: float) -> float:
-    """Training-time estimate: 3 × forward FLOPs × images ÷ (world × peak × assumed MFU)."""
+def estimate_seconds(
+    spec: RunSpec, info: DatasetInfo, peak_per_device: float, mfu: float, *, trains: bool = True
+) -> float:
+    """Training-time estimate: 3 × forward FLOPs × images ÷ (world × peak × assumed MFU).
+
+    `trains=False`: a post-hoc point that purges another point's network (launchers/handover.py) only
+    fine-tunes.
+    """
     per_rank_steps = info.train_size // (spec.micro_batch * spec.world_size)
     if spec.steps_per_epoch is not None:
         per_rank_steps = min(per_rank_steps, spec.steps_per_epoch)
-    images = (spec.epochs + spec.finetune_epochs) * per_rank_steps * spec.micro_batch * spec.world_size
+    images = (
+        (spec.epochs * trains + spec.finetune_epochs) * per_rank_steps * spec.micro_batch * spec.world_size
+    )
     flops = (
         3 * _forward_flops(spec.arch, spec.width, spec.small_stem, spec.image_size, info.num_classes) * images
     )
@@ -62,8 +70,12 @@ def plan_table(grid: Grid, infos: dict[RunSpec, DatasetInfo], finished: set[str]
     ):
         table.add_column(col)
     total = 0.0
+    sources = purge_sources(grid.specs)
     for spec in grid.specs:
-        hours = estimate_seconds(spec, infos[spec], peak, ASSUMED_MFU[kind]) * spec.world_size / 3600
+        seconds = estimate_seconds(
+            spec, infos[spec], peak, ASSUMED_MFU[kind], trains=spec.run_id not in sources
+        )
+        hours = seconds * spec.world_size / 3600
         total += hours
         table.add_row(
             spec.run_id,

@@ -26,7 +26,8 @@ from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from launchers.grid import ClusterShape, Grid
+from launchers.grid import ClusterShape, Grid, purge_sources, runs_later
+from launchers.handover import release_sources, trained_by
 from launchers.ray_worker import train_worker
 from launchers.storage import check_shared_storage
 from suite.data.config import DatasetInfo, data_config
@@ -243,6 +244,7 @@ def trial(config: dict, datasets: Mapping[str, ray.ObjectRef]) -> dict:
             "results": results,
             "slurm_job_id": config.get("slurm_job_id"),
             "dataset": datasets[spec.run_id],
+            "trained_by": config["trained_by"].get(spec.run_id),
         },
         scaling_config=scaling_config(cluster, spec),
         run_config=RunConfig(
@@ -264,7 +266,8 @@ def trial(config: dict, datasets: Mapping[str, ray.ObjectRef]) -> dict:
     if not isinstance(row, dict):
         row = failed_row(spec, error or "the Ray Train run returned no result", max_failures)
         write_run(results, row, [])
-    if row["status"] in FINISHED:
+    kept = row["status"] == "ok" and spec.run_id in config["keep_checkpoints"]
+    if row["status"] in FINISHED and not kept:
         shutil.rmtree(Path(results, spec.grid, ".checkpoints", spec.run_id), ignore_errors=True)
     return {k: row.get(k) for k in ("run_id", "status", "images_per_s", "top1", "blocks_discarded", "error")}
 
@@ -322,11 +325,16 @@ def run_grid(
                         f"shared storage: {seen_by} nodes see {grid_dir(results, grid.name).resolve()}"
                     )
             datasets = share_datasets(todo, infos)
-            # Children (scratch, matched posthoc) read their parent's row: every parent runs in an earlier
-            # Tune experiment than its children (launchers/grid.py lists parents first).
-            waves = [[s for s in todo if not s.has_parent], [s for s in todo if s.has_parent]]
-            for wave, specs in enumerate(w for w in waves if w):
-                _tuner(grid, results, specs, datasets, progress, wave, verbose).fit()
+            # Children (scratch, matched posthoc) read their parent's row, and post-hoc points the final
+            # checkpoint of the plain point they purge: those run in a later Tune experiment.
+            sources = purge_sources(grid.specs)
+            keep = sorted({src.run_id for child, src in sources.items() if child not in done})
+            for wave in (0, 1):
+                specs = [s for s in todo if runs_later(s, sources) == bool(wave)]
+                if specs:
+                    handed = trained_by(results, grid.name, specs, sources) if wave else {}
+                    _tuner(grid, results, specs, datasets, progress, wave, verbose, keep, handed).fit()
+            release_sources(results, grid.name, sources)
     rows = read_runs(results, grid.name).select(["run_id", "status"]).to_pylist()
     statuses = {r["run_id"]: r["status"] for r in rows}
     wanted = {s.run_id for s in grid.specs}
@@ -339,9 +347,21 @@ def run_grid(
 
 
 def _tuner(
-    grid: Grid, results: str, specs: list[RunSpec], datasets: dict, progress, wave: int, verbose: bool
+    grid: Grid,
+    results: str,
+    specs: list[RunSpec],
+    datasets: dict,
+    progress,
+    wave: int,
+    verbose: bool,
+    keep: list[str],
+    handed: dict[str, str],
 ) -> tune.Tuner:
-    """One Tune experiment over `specs`: each a trial running one Ray Train run (`trial`)."""
+    """One Tune experiment over `specs`: each a trial running one Ray Train run (`trial`).
+
+    `keep`: points whose final checkpoint a later post-hoc point purges; `handed`: post-hoc run id -> that
+    checkpoint (`trained_by`).
+    """
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trial, datasets=datasets), {"cpu": TRIAL_DRIVER_CPU}),
         param_space={
@@ -350,6 +370,8 @@ def _tuner(
             "max_failures": grid.max_failures,
             "results": str(Path(results).resolve()),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "keep_checkpoints": keep,
+            "trained_by": handed,
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=grid.concurrency,

@@ -79,6 +79,7 @@ def train_worker(config: dict) -> dict:
     context = RunContext(
         checkpoint_dir=str(where),
         resume_from=str(where) if (where / "latest").is_file() else None,
+        trained_by=config.get("trained_by"),
         provenance={"ray_version": ray.__version__, "slurm_job_id": config.get("slurm_job_id")},
         on_epoch=on_epoch,
         on_progress=on_progress,

@@ -14,6 +14,9 @@ class RunContext:
     restarts: int = 0
     resume_from: str | None = None  # a DeepSpeed checkpoint directory to continue from
     checkpoint_dir: str | None = None  # where each epoch's checkpoint goes (None: no checkpoints)
+    # posthoc: the final DeepSpeed checkpoint of `RunSpec.purged_from`, an `ok` run of the same training: its
+    # network is purged instead of trained again (None: the run trains it itself).
+    trained_by: str | None = None
     provenance: dict = field(default_factory=dict)  # e.g. ray_version, slurm_job_id
     # Called on every rank after each epoch's checkpoint, with the epoch's metrics and the checkpoint path.
     on_epoch: Callable[[dict, Path | None], None] | None = None

@@ -68,6 +68,9 @@ class Measured:
     blocks_gate_mismatch: int | None  # ε only
     time_to_target_s: float | None
     restarts: int
+    purged_from: str | None = (
+        None  # posthoc: the run id whose final checkpoint it purged (RunContext.trained_by)
+    )
     curves: list[dict] = field(default_factory=list)
 
 
@@ -147,6 +150,7 @@ def _measured_columns(m: Measured) -> dict:
         "prune_logit_max_abs_diff": m.prune_logit_max_abs_diff,
         "blocks_gate_mismatch": m.blocks_gate_mismatch,
         "time_to_target_s": m.time_to_target_s,
+        "purged_from_run_id": m.purged_from,
     }
 
 

@@ -82,6 +82,21 @@ def parent_facts(spec: RunSpec, results_dir: str | Path) -> dict | None:
     return row
 
 
+def adopt(trainer: Trainer, path: str, spec: RunSpec) -> TrainState:
+    """The finished training of `spec.purged_from` from its final checkpoint: weights, curves, time-to-target.
+
+    Nothing of it is timed again, so the row's throughput columns stay null (the plain run's row has them).
+    """
+    state = trainer.load(path, restart=False)
+    if state is None or state.epoch != spec.epochs:
+        got = "no checkpoint" if state is None else f"a checkpoint after epoch {state.epoch}"
+        raise RuntimeError(
+            f"{path} holds {got} of {spec.purged_from.run_id}; a post-hoc run takes over a finished"
+            f" training of {spec.epochs} epochs only"
+        )
+    return state
+
+
 def _attempt(
     spec: RunSpec,
     placement: Placement,
@@ -129,13 +144,17 @@ def _attempt(
     )
     state = TrainState(world_size=placement.world_size)
     world_size_changed = False
-    if context.resume_from:
-        resumed = trainer.load(context.resume_from)
-        if resumed is not None:
-            world_size_changed = resumed.world_size != placement.world_size
-            state = resumed
-            state.world_size = placement.world_size
-            run_start = time.perf_counter() - state.elapsed_s  # curves' elapsed_s continues across restarts
+    resumed = trainer.load(context.resume_from) if context.resume_from else None
+    purged_from = None
+    if resumed is None and context.trained_by:
+        # The same training already ran as the plain point of the grid: purge its network, not a second copy.
+        resumed = adopt(trainer, context.trained_by, spec)
+        purged_from = spec.purged_from.run_id
+    if resumed is not None:
+        world_size_changed = resumed.world_size != placement.world_size
+        state = resumed
+        state.world_size = placement.world_size
+        run_start = time.perf_counter() - state.elapsed_s  # curves' elapsed_s continues across restarts
     result = trainer.train_epochs(state, 0, run_start)
     summary = trainer.meter.summary()
     model = trainer.model
@@ -221,6 +240,7 @@ def _attempt(
         blocks_gate_mismatch=len(test.gate_mismatch) if spec.variant == "eps" else None,
         time_to_target_s=state.time_to_target_s,
         restarts=state.restarts,
+        purged_from=purged_from,
         curves=state.curves,
     )
 

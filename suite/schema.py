@@ -14,7 +14,7 @@ import pyarrow as pa
 from suite.data import registry as data_backends
 from suite.vocab import ARCHS, LAUNCHERS, PRECISIONS, STATUSES, VARIANT_DOCS, VARIANTS, ZERO_STAGES, one_of
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,12 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
                 "parent_run_id",
                 pa.string(),
                 "scratch and matched posthoc: run_id of the eps run whose discards this run copies",
+            ),
+            Column(
+                "purged_from_run_id",
+                pa.string(),
+                "posthoc: run_id of the grid's plain run of the same training whose final checkpoint this run"
+                " purged instead of training its own (its throughput columns are then null); null: trained here",
             ),
             Column("width", pa.int32(), "base width (64 in the papers)", False),
             Column("image_size_px", pa.int32(), "training/eval input side in pixels", False),
@@ -331,6 +337,12 @@ pruned after its training. A `posthoc` row with `purge_blocks: match` purges as 
 discarded (ranked on its own select split), re-estimates every BatchNorm's statistics on training batches, and
 fine-tunes from a tenth of the peak learning rate. A child whose parent has no `ok` row writes a `failed` row
 whose `error` names the parent.
+
+**A post-hoc run purges the plain network the grid already trained.** Its training is the plain point's with
+the same fields (`variant: resnet`, no ε, no purge). When the grid has that point and it finished `ok`, the
+post-hoc run takes over its final checkpoint (`purged_from_run_id`) instead of training the same network a
+second time: its curves are that training's, its throughput columns are null, and the purge, BatchNorm
+re-estimate and fine-tune are its own. Without such a point it trains the network itself.
 
 ## Reproducibility
 

@@ -222,6 +222,14 @@ class RunSpec:
         return replace(self, variant="eps", side_head=True, purge_blocks=0, finetune_epochs=0)
 
     @property
+    def purged_from(self) -> RunSpec | None:
+        """The plain run a post-hoc run trains again before it purges: the same spec without the post-hoc
+        fields. A grid that has it hands its final checkpoint over instead (`RunContext.trained_by`)."""
+        if self.variant != "posthoc":
+            return None
+        return replace(self, variant="resnet", epsilon=None, purge_blocks=0, finetune_epochs=0)
+
+    @property
     def world_size(self) -> int:
         return self.nodes * self.devices_per_node
 

@@ -144,12 +144,13 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         return root
 
-    def load(self, path: str) -> TrainState | None:
+    def load(self, path: str, *, restart: bool = True) -> TrainState | None:
+        """The state saved in `path`: a resume of this run (`restart`), or another run's training taken over."""
         loaded, client = weights_only_engine(self.engine).load_checkpoint(path)
         if loaded is None:
             return None
         state = TrainState(**client["train_state"])
-        state.restarts += 1
+        state.restarts = state.restarts + 1 if restart else 0
         self.schedule.restart_step = state.restart_step
         return state
 

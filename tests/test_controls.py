@@ -10,7 +10,9 @@ import textwrap
 
 import pytest
 
-from launchers.grid import load_grid
+from launchers.grid import load_grid, purge_sources
+from launchers.plan import estimate_seconds
+from suite.data.config import DatasetInfo
 from suite.errors import UserError
 from suite.results import read_curves, read_runs, write_run
 from suite.row import failure_row
@@ -98,6 +100,32 @@ def test_side_head_is_resolved_so_one_configuration_has_one_run_id():
     assert RunSpec().side_head is False and RunSpec(variant="scratch", epsilon=0.5).side_head is False
 
 
+def test_a_posthoc_point_runs_after_the_plain_point_whose_network_it_purges(tmp_path):
+    text = """
+    defaults: {arch: resnet50, width: 4, image_size: 32, epochs: 4}
+    points:
+      - {variant: posthoc, purge_blocks: 2, finetune_epochs: 1}
+      - {variant: resnet}
+      - {variant: posthoc, purge_blocks: 3, width: 8}
+    """
+    grid = load_grid(grid_of(tmp_path, text))
+    assert [(s.variant, s.purge_blocks) for s in grid.specs] == [
+        ("resnet", 0),
+        ("posthoc", 3),
+        ("posthoc", 2),
+    ]
+    plain = grid.specs[0]
+    sources = purge_sources(grid.specs)
+    # The width-8 point's plain training is not in the grid: it trains its own network (and runs early).
+    assert {child: s.run_id for child, s in sources.items()} == {grid.specs[2].run_id: plain.run_id}
+    assert grid.specs[2].purged_from == plain
+    info = DatasetInfo(
+        backend="shapes", root=None, num_classes=10, train_size=640, val_size=64, corrupt_files=()
+    )
+    handed, own = (estimate_seconds(grid.specs[2], info, 1e9, 0.2, trains=t) for t in (False, True))
+    assert handed == pytest.approx(own / 5)  # 1 fine-tune epoch of 4 + 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Runs (run-one, 1 rank): the parent writes its row, the child reads it from the same results directory.
 
@@ -128,6 +156,8 @@ def test_children_copy_their_parents_discards(tmp_path):
 
     posthoc = run_ok(tmp_path, variant="posthoc", purge_blocks="match", finetune_epochs=1)
     assert posthoc["parent_run_id"] == parent["run_id"]
+    # Outside a grid nothing hands it a trained network: it trains its own, and times it.
+    assert posthoc["purged_from_run_id"] is None and posthoc["images_per_s"] > 0
     assert posthoc["blocks_discarded"] == parent["blocks_discarded"]
     assert posthoc["params_total"] == parent["params_total"]
     curves = {
@@ -218,5 +248,22 @@ def test_the_controls_grid_runs_all_15_points_ok_on_ray(tmp_path):
             assert child["params_active"] == parent["params_active"]
             assert child["blocks_removed"] == parent["blocks_removed"]
     assert sum(r["side_head"] for r in rows.values() if r["variant"] == "resnet") == 3
+    # Each post-hoc point purged the network its plain ResNet point trained: the same weights (so the same
+    # test top-1 before the purge) and the same training curves, none of it trained or timed twice.
+    curves = read_curves(results, "controls").to_pylist()
+    for child in (r for r in children if r["variant"] == "posthoc"):
+        source = rows[child["purged_from_run_id"]]
+        assert (source["variant"], source["side_head"], source["repeat"]) == (
+            "resnet",
+            False,
+            child["repeat"],
+        )
+        assert child["started_at"] >= source["ended_at"]
+        assert child["top1_gated"] == source["top1"]
+        assert child["images_per_s"] is None and child["timed_steps"] == 0 and source["images_per_s"] > 0
+        ours = sorted((c for c in curves if c["run_id"] == child["run_id"]), key=lambda c: c["epoch"])
+        theirs = sorted((c for c in curves if c["run_id"] == source["run_id"]), key=lambda c: c["epoch"])
+        assert [c["loss"] for c in ours[:2]] == [c["loss"] for c in theirs] and len(ours) == 3
+    assert not (results / "controls" / ".checkpoints").exists()  # the kept checkpoints went with the grid
     report = (results / "controls" / "report.md").read_text()
     assert "from scratch" in report and "side head" in report
