@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 
 from rich.console import Console
@@ -20,6 +21,8 @@ from benchmarks.runner import bench_command
 from launchers.direct import run_one_command
 from launchers.slurm import one_config_job
 from launchers.slurm_ray import grid_job
+from suite.data.config import SPLITS, DataConfig
+from suite.data.imagefolder import write_index
 from suite.errors import UserError
 from suite.models.catalog import describe_all
 from suite.provenance import package_version
@@ -176,6 +179,37 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 )
 def bench_cmd(args: argparse.Namespace) -> int:
     return bench_command(quick=args.quick, as_json=args.json, only=args.only)
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    index = sub.add_parser(
+        "index",
+        help="list an image folder once and write its manifest (later runs read it instead of listing)",
+        description="List DIR (train/<class>/*, val/<class>/*), decode a sample, and write the manifest"
+        " every later run reads instead of listing the tree (suite/data/manifest.py).",
+    )
+    index.add_argument("dir", help="the image folder: DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg")
+    index.add_argument(
+        "--verify-limit", type=int, default=DataConfig.verify_limit, help="images to decode as a sample"
+    )
+
+
+@command(
+    "data",
+    "prepare a dataset: `data index DIR` lists an image folder once for every later run",
+    _data_arguments,
+)
+def data_cmd(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    found, path = write_index(args.dir, args.verify_limit)
+    train, val = (sum(map(len, found.files[split])) for split in SPLITS)
+    print(
+        f"indexed {found.root}: {len(found.classes)} classes, {train:,} train + {val:,} val images"
+        f" ({found.bytes_total / 1e6:,.1f} MB), {len(found.corrupt_files)} undecodable in the sample decode"
+        f" (--verify-limit {args.verify_limit}); manifest {path} ({time.perf_counter() - started:.1f} s)"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

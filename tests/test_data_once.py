@@ -1,4 +1,4 @@
-"""The dataset is listed and sample-decoded once per run, not once per rank (and not again by the loaders).
+"""The dataset is listed and sample-decoded once per dataset (its manifest), not once per rank or run.
 
 Counted from outside the suite: tests/probes/sitecustomize.py records, through Python's audit hooks, every
 directory listing and image open under the data root in every process the run starts (the driver, torchrun's
@@ -85,6 +85,27 @@ def test_a_two_rank_torchrun_run_lists_and_checks_the_data_once(tmp_path, tree):
     assert len(checkers(log)) == 1
     # The ranks did read the images: the probe sees their loads (it is not blind to the ranks).
     assert len({pid for pid, kind, _ in events(log) if kind == "load"}) == 2
+
+
+def test_a_run_on_an_indexed_tree_lists_none_of_its_directories(tmp_path, tree):
+    index_log, run_log = tmp_path / "index.log", tmp_path / "run.log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet_bench", "data", "index", str(tree)],
+        cwd=REPO, env=probed_env(tree, index_log), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sum(listings(index_log, tree).values()) == 1 and len(checkers(index_log)) == 1
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**SPEC, "data_dir": str(tree), "grid": "t"}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet_bench", "run-one", str(config), "--results", str(tmp_path / "results")],
+        cwd=REPO, env=probed_env(tree, run_log), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_runs(tmp_path / "results", "t").column("status").to_pylist() == ["ok"]
+    assert [path for _, kind, path in events(run_log) if kind == "list"] == []
+    assert checkers(run_log) == set()  # the sample decode's findings came from the manifest too
+    assert any(kind == "load" for _, kind, _ in events(run_log))  # the probe did watch the run
 
 
 def test_a_two_rank_ray_point_uses_the_drivers_check_of_the_data(tmp_path, tree):

@@ -13,6 +13,7 @@ from PIL import Image
 from suite.data import shapes
 from suite.data.config import DataConfig
 from suite.data.loaders import build_loaders
+from suite.data.manifest import MANIFEST_NAME
 from suite.data.preflight import prepare_data
 from suite.data.shapes import SHAPES_CLASSES
 from tests.data_trees import one_line_error, write_image
@@ -25,10 +26,11 @@ SMALL_SHAPES = {"train": 3, "val": 2}
 
 
 def digest(root: Path) -> dict[str, str]:
+    """The generated set's files (not the manifest the preflight writes beside them, which names its path)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != MANIFEST_NAME
     }
 
 

@@ -1,17 +1,20 @@
 """The imagefolder backend: the ImageNet layout, `<root>/{train,val}/<class>/*.jpg|*.jpeg|*.png`.
 
-The preflight lists the tree once (`scan_image_folder`) and puts the index in `DatasetInfo`; every rank loads
-from that index. `list_dir` is the package's one directory-listing function, so listings are easy to count.
+The preflight lists the tree once per dataset (`scan_image_folder`, kept in its manifest: suite/data/manifest.py)
+and puts the index in `DatasetInfo`; every rank loads from that index. `list_dir` is the package's one
+directory-listing function, so listings are easy to count.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from torch.utils.data import Dataset, DistributedSampler
 
+from suite.data import manifest
 from suite.data.config import SPLITS, DataConfig, DatasetInfo
 from suite.data.decode import DECODE_ERRORS, IMAGENET_MIN_CROP_SCALE, load_image
 from suite.data.loaders import Counted, EpochTagged, Loaders, SkipCounter, data_loader, select_split, sharded
@@ -33,26 +36,32 @@ def preflight(cfg: DataConfig) -> DatasetInfo:
 
 
 def preflight_folder(root: Path, cfg: DataConfig) -> DatasetInfo:
-    """Scan the folder at `root`, decode a sample of it, describe it: index included, corrupt files out."""
-    classes, files = scan_image_folder(root)
+    """Describe the folder at `root` from its manifest (suite/data/manifest.py), or scan it, decode a sample
+    and write one: index included, corrupt files out."""
+    found, why = manifest.load(root)
+    if why:
+        print(f"[resnet-bench] listing {root} again: {why}", flush=True)
+    changed = found is None
+    if found is None:
+        found = index_folder(root, cfg.verify_limit)
+    elif found.verify_limit != cfg.verify_limit:  # the tree is known; only the sample decode is redone
+        found = replace(
+            found, verify_limit=cfg.verify_limit, corrupt_files=_find_corrupt(found, cfg.verify_limit)
+        )
+        changed = True
+    classes, files = found.classes, found.files
     check(
         cfg.num_classes is None or cfg.num_classes == len(classes),
         f"num_classes={cfg.num_classes} but {root} has {len(classes)} class folders; accepted: null or "
         f"{len(classes)}",
     )
-    paths = {
-        split: [
-            [os.path.join(root, split, name, file) for file in names]
-            for name, names in zip(classes, files[split], strict=True)
-        ]
-        for split in SPLITS
-    }
-    corrupt = find_corrupt(root, [group for split in SPLITS for group in paths[split]], cfg.verify_limit)
-    bad = set(corrupt)
+    if changed:  # only once every check passed: bad input writes nothing
+        _save(found)
+    bad = set(found.corrupt_files)
     index = tuple(
         tuple(
-            tuple(file for file, path in zip(names, group, strict=True) if path not in bad)
-            for names, group in zip(files[split], paths[split], strict=True)
+            tuple(file for file in names if os.path.join(root, split, name, file) not in bad)
+            for name, names in zip(classes, files[split], strict=True)
         )
         for split in SPLITS
     )
@@ -63,25 +72,74 @@ def preflight_folder(root: Path, cfg: DataConfig) -> DatasetInfo:
         num_classes=len(classes),
         train_size=train,
         val_size=val,
-        corrupt_files=corrupt,
+        corrupt_files=found.corrupt_files,
         classes=classes,
         files=index,
     )
 
 
-def scan_image_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[list[str]]]]:
+def index_folder(root: Path, verify_limit: int) -> manifest.Manifest:
+    """List the folder at `root` (sizes included) and decode a sample of it; raises `UserError` for a broken
+    layout or too many corrupt files. Nothing is written (`_save`, or `write_index` on purpose)."""
+    classes, files, sizes, stamps = scan_image_folder(root)
+    found = manifest.Manifest(
+        root=str(root),
+        fingerprint=manifest.fingerprint(root, classes, stamps),
+        classes=classes,
+        files=files,
+        sizes=sizes,
+        verify_limit=verify_limit,
+        corrupt_files=(),
+    )
+    return replace(found, corrupt_files=_find_corrupt(found, verify_limit))
+
+
+def write_index(data_dir: str, verify_limit: int) -> tuple[manifest.Manifest, Path]:
+    """`resnet-bench data index DIR`: list and check the folder now, and write its manifest."""
+    check(verify_limit >= 1, f"--verify-limit must be ≥ 1, got {verify_limit}")
+    root = Path(os.path.abspath(os.path.expanduser(data_dir)))
+    found = index_folder(root, verify_limit)
+    try:
+        return found, manifest.save(found)
+    except OSError as e:
+        raise UserError(f"cannot write the manifest of {root}: {e.strerror}; accepted: {_WRITABLE}") from None
+
+
+_WRITABLE = "a writable data folder or $RESNET_BENCH_CACHE"
+
+
+def _find_corrupt(found: manifest.Manifest, limit: int) -> tuple[str, ...]:
+    groups = [
+        [os.path.join(found.root, split, name, file) for file in names]
+        for split in SPLITS
+        for name, names in zip(found.classes, found.files[split], strict=True)
+    ]
+    return find_corrupt(Path(found.root), groups, limit)
+
+
+def _save(found: manifest.Manifest) -> None:
+    """A run that cannot write the manifest still runs: it lists the tree again next time, and says why."""
+    try:
+        manifest.save(found)
+    except OSError as e:
+        print(f"[resnet-bench] no manifest written for {found.root} ({e.strerror}; {_WRITABLE})", flush=True)
+
+
+def scan_image_folder(root: Path):
     """List an ImageNet-layout folder: class names (sorted, as torchvision's ImageFolder) and, per split and
-    label, the sorted image file names. Raises `UserError` for every layout problem, naming the path."""
+    label, the sorted image file names and their sizes, with each folder's stamp taken before it was listed
+    (suite/data/manifest.py). Raises `UserError` for every layout problem, naming the path."""
     check(os.path.lexists(root), f"data directory {root} does not exist; {LAYOUT}")
     check(os.path.isdir(root), f"data directory {root} is not a directory; {LAYOUT}")
     top = {e.name: e for e in list_dir(root)}
-    splits = {}
+    splits, stamps = {}, {}
     for split in SPLITS:
         path = root / split
         check(
             split in top and top[split].is_dir(),
             f"{root} has no {split}/ directory" + ("" if top else " (it is empty)") + f"; {LAYOUT}",
         )
+        stamps[split] = manifest.stamp(root, split)
         splits[split] = {e.name: path / e.name for e in list_dir(path) if e.is_dir()}
         check(bool(splits[split]), f"{path} holds no class folders; {LAYOUT}")
     train, val = set(splits["train"]), set(splits["val"])
@@ -91,16 +149,18 @@ def scan_image_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[list[
                 f"class folder {root / here / min(only)} has no counterpart in {root / there}; {LAYOUT}"
             )
     classes = tuple(sorted(train))
-    files = {}
+    files, sizes = {}, {}
     for split in SPLITS:
-        files[split] = []
+        files[split], sizes[split] = [], []
         for name in classes:
             folder = splits[split][name]
-            # Plain strings and DirEntry types (no stat per file): ImageNet's train split is 1.28 M files.
-            images = [e.name for e in list_dir(folder) if _is_image(e)]
+            stamps[f"{split}/{name}"] = manifest.stamp(root, f"{split}/{name}")
+            # One stat per file, for its size: paid once per dataset, when the manifest is written.
+            images = [e for e in list_dir(folder) if _is_image(e)]
             check(bool(images), f"class folder {folder} holds no images; {LAYOUT}")
-            files[split].append(images)
-    return classes, files
+            files[split].append([e.name for e in images])
+            sizes[split].append([e.stat().st_size for e in images])
+    return classes, files, sizes, stamps
 
 
 def list_dir(path: Path, *, hidden: bool = False) -> list[os.DirEntry]:
