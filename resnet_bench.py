@@ -23,6 +23,7 @@ from launchers.slurm import one_config_job
 from launchers.slurm_ray import grid_job
 from suite.data.config import SPLITS, DataConfig
 from suite.data.imagefolder import write_index
+from suite.data.shard_writer import DEFAULT_SHARD_SIZE, write_shards
 from suite.errors import UserError
 from suite.models.catalog import describe_all
 from suite.provenance import package_version
@@ -193,15 +194,50 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     index.add_argument(
         "--verify-limit", type=int, default=DataConfig.verify_limit, help="images to decode as a sample"
     )
+    _shard_arguments(sub)
+
+
+def _shard_arguments(sub) -> None:
+    shard = sub.add_parser(
+        "shard",
+        help="pack an image folder into tar shards (WebDataset layout) for `dataset: shards`",
+        description="Pack SRC (train/<class>/*, val/<class>/*) into DEST/{train,select,val}-NNNNNN.tar and"
+        " DEST/index.json; a spec with `dataset: shards, data_dir: DEST` trains on them.",
+    )
+    shard.add_argument("src", help="the image folder")
+    shard.add_argument("dest", help="a missing or empty directory for the shards")
+    shard.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard")
+    shard.add_argument(
+        "--select-fraction", type=float, default=0.1, help="share of each class's training images held out"
+    )
+    shard.add_argument("--seed", type=int, default=0, help="seed of the select draw and the training order")
 
 
 @command(
     "data",
-    "prepare a dataset: `data index DIR` lists an image folder once for every later run",
+    "prepare a dataset: `data index DIR` lists an image folder once; `data shard SRC DEST` packs it into shards",
     _data_arguments,
 )
 def data_cmd(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if args.data_command == "shard":
+        index = write_shards(
+            args.src,
+            args.dest,
+            shard_size=args.shard_size,
+            select_fraction=args.select_fraction,
+            seed=args.seed,
+        )
+        splits = index["splits"].items()
+        counts = ", ".join(
+            f"{split} {sum(s['samples'] for s in shards):,} in {len(shards)}" for split, shards in splits
+        )
+        size = sum(s["bytes"] for _, shards in splits for s in shards)
+        print(
+            f"sharded {index['source']} into {args.dest}: {counts} shards ({size / 1e6:,.1f} MB,"
+            f" {time.perf_counter() - started:.1f} s)"
+        )
+        return 0
     found, path = write_index(args.dir, args.verify_limit)
     train, val = (sum(map(len, found.files[split])) for split in SPLITS)
     print(

@@ -49,7 +49,7 @@ class RunSpec:
     zero_init_residual: bool = False  # blocks start as identities (Goyal et al. 2017)
     image_size: int = 224
     # data
-    dataset: str = "shapes"  # synthetic | imagefolder | shapes
+    dataset: str = "shapes"  # synthetic | imagefolder | shapes | shards
     data_dir: str | None = None
     num_classes: int | None = None  # from the data unless given
     loader_workers: int = 2
@@ -165,8 +165,13 @@ class RunSpec:
             f"dataset {self.dataset!r} unknown; accepted: {', '.join(data_backends.NAMES)}",
         )
         check(
-            self.dataset != "imagefolder" or bool(self.data_dir),
-            "dataset 'imagefolder' needs data_dir (a directory with train/ and val/)",
+            self.dataset not in ("imagefolder", "shards") or bool(self.data_dir),
+            f"dataset {self.dataset!r} needs data_dir ("
+            + (
+                "a directory with train/ and val/)"
+                if self.dataset == "imagefolder"
+                else "what `data shard` wrote)"
+            ),
         )
         check(
             self.num_classes is None or self.num_classes >= 1,

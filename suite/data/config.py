@@ -3,7 +3,7 @@ preflight found (`DatasetInfo`, which travels to every rank so that none lists o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from suite.data.decode import IMAGENET_MIN_CROP_SCALE
 from suite.data.registry import default_min_crop_scale
@@ -87,6 +87,8 @@ class DatasetInfo:
     # the sorted file names inside <root>/<split>/<class>/. Names rather than paths keep it compact: ImageNet's
     # 1.33 M images are about 30 MB as JSON.
     files: tuple[tuple[tuple[str, ...], ...], ...] = ()
+    # The shards backend: per split (train, select, val) its shards as (file name, samples), from the index.
+    shards: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
 
     def samples(self, split: str) -> list[tuple[str, int]]:
         """`split`'s (path relative to `root`, label) pairs, in the order every rank indexes them."""
@@ -107,6 +109,7 @@ class DatasetInfo:
             "corrupt_files": list(self.corrupt_files),
             "classes": list(self.classes),
             "files": {SPLITS[i]: [list(names) for names in groups] for i, groups in enumerate(self.files)},
+            "shards": {split: [list(shard) for shard in shards] for split, shards in self.shards.items()},
         }
 
     @classmethod
@@ -121,4 +124,8 @@ class DatasetInfo:
             corrupt_files=tuple(d["corrupt_files"]),
             classes=tuple(d["classes"]),
             files=tuple(tuple(tuple(names) for names in files[split]) for split in SPLITS) if files else (),
+            shards={
+                split: tuple((name, int(n)) for name, n in shards)
+                for split, shards in d.get("shards", {}).items()
+            },
         )

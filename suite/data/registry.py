@@ -21,6 +21,7 @@ BACKENDS = {
     "synthetic": "suite.data.synthetic",
     "imagefolder": "suite.data.imagefolder",
     "shapes": "suite.data.shapes",
+    "shards": "suite.data.shards",
 }
 NAMES = tuple(BACKENDS)
 
