@@ -315,7 +315,7 @@ Every run uses three splits, and no number is selected on the split it is report
 | split | what it is | what reads it |
 |---|---|---|
 | train | the training images less the select split | the optimizer |
-| select | `select_fraction` (default 0.1) of each class's training images, drawn with the run's seed (at least one per class, never a whole class); synthetic: its own stream | every decision: the ε discards, the post-hoc ranking, learning-rate restarts, time-to-target; the curves |
+| select | `select_fraction` (default 0.1) of each class's training images, drawn with the run's seed (at least one per class, never a whole class); shards: the select shards `data shard` drew once, shared by every repeat; synthetic: its own stream | every decision: the ε discards, the post-hoc ranking, learning-rate restarts, time-to-target; the curves |
 | test | imagefolder: the dataset's `val/`, every image once; shapes: its `val/` (2,100 images, so one run's 95 % interval is at most ±2 pp around 70 % top-1); synthetic: a separate stream | `top1`, `top5`, `top1_gated`, the pruning check, after training only |
 
 **The deployed network is the one measured.** An ε-ResNet or post-hoc row's `top1`/`top5` are the pruned
