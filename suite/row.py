@@ -97,6 +97,9 @@ def _spec_columns(spec: RunSpec) -> dict:
         "world_size": spec.world_size,
         "precision": spec.precision,
         "zero_stage": spec.zero_stage,
+        "channels_last": spec.channels_last,
+        "cudnn_benchmark": spec.cudnn_benchmark,  # run_row: only where it took effect
+        "compile": spec.compile,
         "micro_batch": spec.micro_batch,
         "grad_accum": spec.grad_accum,
         "global_batch": spec.global_batch,
@@ -178,6 +181,8 @@ def run_row(
         "started_at": started,
         "hosts": hosts,
     }
+    if device is not None and device.type != "cuda":
+        row["cudnn_benchmark"] = False  # there is no cuDNN to tune on this device
     if measured is not None:
         row.update(_measured_columns(measured))
         row["restarts"] = max(restarts, measured.restarts)

@@ -14,7 +14,7 @@ import pyarrow as pa
 from suite.data import registry as data_backends
 from suite.vocab import ARCHS, LAUNCHERS, PRECISIONS, STATUSES, VARIANT_DOCS, VARIANTS, ZERO_STAGES, one_of
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,14 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
                 "zero_stage", pa.int32(), f"DeepSpeed ZeRO stage ({ZERO_STAGES[0]}–{ZERO_STAGES[-1]})", False
             ),
             Column("loader_workers", pa.int32(), "data-loader worker processes per rank"),
+            Column("channels_last", pa.bool_(), "weights and inputs in NHWC memory layout", False),
+            Column(
+                "cudnn_benchmark",
+                pa.bool_(),
+                "cuDNN autotuned its convolutions (the spec asked for it and the run was on a GPU)",
+                False,
+            ),
+            Column("compile", pa.bool_(), "the training model ran under torch.compile", False),
         ),
     ),
     (

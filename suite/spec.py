@@ -68,6 +68,12 @@ class RunSpec:
     grad_accum: int = 1
     precision: str = "fp32"
     zero_stage: int = 0
+    # Speed knobs for GPUs, each recorded in the row (suite/trainer.py). channels_last: NHWC weights and
+    # inputs, which cuDNN's tensor-core convolutions prefer; cudnn_benchmark: autotune the convolutions (GPU
+    # only: a CPU run records false); compile: torch.compile the training model (DeepSpeed's engine.compile).
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    compile: bool = False
     # On out-of-memory, retry with half the micro-batch and twice the accumulation (the global batch is kept,
     # the step's numerics and speed are not); false: an out-of-memory run is a `failed` row instead.
     oom_retry: bool = True
@@ -203,6 +209,12 @@ class RunSpec:
         check(
             self.target_top1 is None or 0 < self.target_top1 <= 1,
             f"target_top1 must be a fraction in (0, 1], got {self.target_top1}",
+        )
+        check(
+            not (self.compile and self.variant == "eps"),
+            "compile: true with variant 'eps': the ε gate all-reduces its decision inside every training forward"
+            " pass, which torch.compile does not trace as one graph; accepted: compile: false for eps (every"
+            " other variant may compile)",
         )
         check(self.launcher in LAUNCHERS, f"launcher {self.launcher!r}; accepted: {', '.join(LAUNCHERS)}")
         check_name("grid name", self.grid)
