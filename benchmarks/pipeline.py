@@ -55,7 +55,7 @@ def per_class_for(images: int) -> int:
     return math.ceil(math.ceil(images / CLASSES) / (1 - fraction)) + 1
 
 
-def _rate(loader, batches: int, workers: int) -> float:
+def loader_rate(loader, batches: int, workers: int) -> float:
     """Images/s per worker over `batches` batches, after the first (which pays the worker's start-up)."""
     it = iter(loader)
     next(it)
@@ -71,7 +71,7 @@ def suite_rate(root: Path, *, size: int, batch: int, batches: int, epoch: int) -
     cfg = DataConfig(backend="imagefolder", data_dir=str(root), image_size=size, workers=1)
     loaders = build_loaders(cfg, prepare_data(cfg), micro_batch=batch, rank=0, world_size=1)
     loaders.set_epoch(epoch)
-    return _rate(loaders.train, batches, cfg.workers)
+    return loader_rate(loaders.train, batches, cfg.workers)
 
 
 def torchvision_rate(root: Path, *, size: int, batch: int, batches: int) -> float:
@@ -86,7 +86,7 @@ def torchvision_rate(root: Path, *, size: int, batch: int, batches: int) -> floa
     )
     dataset = datasets.ImageFolder(str(root / "train"), transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=1)
-    return _rate(loader, batches, 1)
+    return loader_rate(loader, batches, 1)
 
 
 def data_pipeline(session: Session) -> dict:

@@ -28,6 +28,10 @@ class Preset:
     pipeline_batches: int  # timed batches per repetition and side
     data_wait_runs: int
     data_wait_timed_steps: int
+    # input_scaling: training images of the generated JPEG folders, and the loader measurement's batches
+    scaling_sizes: tuple[int, ...] = (10_000, 100_000)
+    scaling_batch: int = 64
+    scaling_batches: int = 40
     # The training configuration (grids/default.yaml's scale); tests shrink it further.
     width: int = 8
     image_size: int = 32
@@ -71,6 +75,8 @@ QUICK = Preset(
     pipeline_batches=6,
     data_wait_runs=1,
     data_wait_timed_steps=30,
+    scaling_sizes=(2_000, 10_000),
+    scaling_batches=20,
 )
 
 FULL = Preset(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import launch, pipeline, pruning, training
+from benchmarks import input_scaling, launch, pipeline, pruning, training
 from benchmarks.machine import load_average, machine_info
 from benchmarks.presets import FULL, QUICK, Preset
 from benchmarks.session import Session
@@ -67,6 +67,12 @@ def _registry() -> dict[str, Benchmark]:
             pipeline.GOAL,
             pipeline.data_pipeline,
             ("suite1",),
+        ),
+        Benchmark(
+            "input_scaling",
+            "preflight without ÷ with the dataset manifest (largest tree); shard ÷ folder loader img/s",
+            input_scaling.GOAL,
+            input_scaling.input_scaling,
         ),
         Benchmark(
             "weak_scaling",

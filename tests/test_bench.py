@@ -151,6 +151,7 @@ def test_every_issue_key_is_registered():
         "pruning_speedup",
         "grid_makespan",
         "data_pipeline",
+        "input_scaling",
         "weak_scaling",
     ]
 
@@ -176,6 +177,18 @@ def test_data_pipeline_sides_tiny(tmp_path):
     root = imagenet_like(tmp_path / "data", per_class=per_class_for(3 * 4), val_per_class=1)
     assert suite_rate(root, size=32, batch=4, batches=2, epoch=0) > 0
     assert torchvision_rate(root, size=32, batch=4, batches=2) > 0
+
+
+def test_input_scaling_tiny(tmp_path):
+    from benchmarks.input_scaling import input_scaling
+
+    tiny = dataclasses.replace(TINY, scaling_sizes=(300, 600), scaling_batch=8, scaling_batches=3)
+    with Session(tiny) as session:
+        entry = input_scaling(session)
+    details = entry["details"]
+    assert entry["ratio"] > 0 and len(entry["samples"]) == tiny.repetitions
+    assert details["images"] == [300, 600] and details["startup_s_600"]["later"]["median"] > 0
+    assert entry["checks"][1]["name"] == "shards_vs_folder" and entry["checks"][1]["value"] > 0
 
 
 @pytest.mark.slow
