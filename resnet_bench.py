@@ -28,7 +28,8 @@ from suite.errors import UserError
 from suite.models.catalog import describe_all
 from suite.provenance import package_version
 from suite.report import build_report
-from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, schema_markdown
+from suite.schema import CURVE_SCHEMA, RUN_SCHEMA
+from suite.schema_doc import schema_markdown
 
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]

@@ -248,6 +248,11 @@ def load_grid(path: str | Path) -> Grid:
                 f" {cluster.nodes} × {cluster.devices_per_node}; accepted: nodes ≤ cluster.nodes,"
                 " devices_per_node ≤ cluster.devices_per_node",
             )
+            check(
+                spec.decode == "cpu" or cluster.use_gpu,
+                f"{label}: decode: gpu needs GPUs, and the cluster has use_gpu: false; accepted: decode: cpu, or"
+                " cluster.use_gpu: true",
+            )
             check(spec.run_id not in seen, f"{label}: duplicates {seen.get(spec.run_id)} (same run spec)")
             seen[spec.run_id] = label
             specs.append(spec)

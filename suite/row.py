@@ -97,6 +97,7 @@ def _spec_columns(spec: RunSpec) -> dict:
         "world_size": spec.world_size,
         "precision": spec.precision,
         "zero_stage": spec.zero_stage,
+        "decode": spec.decode,
         "channels_last": spec.channels_last,
         "cudnn_benchmark": spec.cudnn_benchmark,  # run_row: only where it took effect
         "compile": spec.compile,

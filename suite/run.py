@@ -286,6 +286,11 @@ def run(
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     placement = setup()
+    if spec.decode == "gpu" and placement.device.type != "cuda":
+        raise UserError(
+            f"decode: gpu decodes JPEGs on the GPU (torchvision.io.decode_jpeg), and this run's device is"
+            f" {placement.device.type}: there is no GPU here; accepted: decode: cpu"
+        )
     hosts = sorted(set(gather_objects(socket.gethostname())))
     measured, oom_retries, status, error = None, 0, "ok", None
     micro, accum = spec.micro_batch, spec.grad_accum

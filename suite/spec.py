@@ -17,6 +17,7 @@ from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
 from suite.results import check_name
 from suite.vocab import (
     AUGMENTS,
+    DECODES,
     LAUNCHERS,
     PRECISIONS,
     PURGE_MATCH,
@@ -71,6 +72,8 @@ class RunSpec:
     # Speed knobs for GPUs, each recorded in the row (suite/trainer.py). channels_last: NHWC weights and
     # inputs, which cuDNN's tensor-core convolutions prefer; cudnn_benchmark: autotune the convolutions (GPU
     # only: a CPU run records false); compile: torch.compile the training model (DeepSpeed's engine.compile).
+    # Where JPEGs are decoded and augmented: cpu (loader workers, PIL) or gpu (the device, nvJPEG).
+    decode: str = "cpu"
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False
@@ -209,6 +212,11 @@ class RunSpec:
         check(
             self.target_top1 is None or 0 < self.target_top1 <= 1,
             f"target_top1 must be a fraction in (0, 1], got {self.target_top1}",
+        )
+        check(self.decode in DECODES, f"decode {self.decode!r}; accepted: {', '.join(DECODES)}")
+        check(
+            self.decode == "cpu" or self.dataset != "synthetic",
+            "decode: gpu decodes JPEG files, and dataset 'synthetic' has none; accepted: decode: cpu",
         )
         check(
             not (self.compile and self.variant == "eps"),

@@ -24,6 +24,7 @@ VARIANTS = tuple(VARIANT_DOCS)
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2)
 SCHEDULES = ("cosine", "step")
+DECODES = ("cpu", "gpu")  # where JPEGs are decoded and augmented (suite/data/device_decode.py)
 # Training augmentation of decoded images. random_resized_crop: ImageNet's (Szegedy et al. 2015; torchvision's
 # references), evaluated on a resized centre crop. pad_crop: the one He et al. 2016 (Sec. 4.2) use for CIFAR's
 # 32 px images: pad, take a random crop of the original size, flip; evaluated on the whole image. A crop of 8 %

@@ -126,3 +126,16 @@ def test_a_two_rank_run_on_shards_is_ok_and_counts_every_test_image_once(packed,
     (row,) = read_runs(tmp_path / "results", "t").to_pylist()
     assert row["status"] == "ok" and row["dataset"] == "shards"
     assert (row["test_images"], row["select_images"]) == (13, 3)
+
+
+def test_shards_ship_raw_bytes_for_device_decode(packed):
+    _, dest = packed
+    gpu, cpu = (shard_cfg(dest, decode=decode) for decode in ("gpu", "cpu"))
+    batches = list(build_loaders(gpu, prepare_data(gpu), micro_batch=4, rank=0, world_size=1).test)
+    assert sum(len(labels) for _, labels in batches) == 13
+    raw, labels = batches[0]
+    images = raw.to("cpu")  # the device path, with the CPU as the device (tests/test_gpu_knobs.py)
+    pil = next(iter(build_loaders(cpu, prepare_data(cpu), micro_batch=4, rank=0, world_size=1).test))
+    assert images.shape == (4, 3, 8, 8) and drain([(images, labels)]) == drain(
+        [pil]
+    )  # the same solid colours

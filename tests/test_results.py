@@ -13,7 +13,8 @@ import pytest
 
 from suite.errors import UserError
 from suite.results import check_name, check_results_dir, finished_run_ids, read_curves, read_runs, write_run
-from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, SCHEMA_VERSION, schema_markdown
+from suite.schema import CURVE_SCHEMA, RUN_SCHEMA, SCHEMA_VERSION
+from suite.schema_doc import schema_markdown
 from suite.spec import RunSpec
 from tests.rows import curve, ok_row
 

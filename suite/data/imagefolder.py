@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from suite.data import manifest
 from suite.data.config import SPLITS, DataConfig, DatasetInfo
 from suite.data.decode import DECODE_ERRORS, IMAGENET_MIN_CROP_SCALE, load_image
+from suite.data.device_decode import read_raw
 from suite.data.loaders import Counted, EpochTagged, Loaders, SkipCounter, data_loader, select_split, sharded
 from suite.data.preflight import find_corrupt
 from suite.errors import UserError, check
@@ -193,6 +194,7 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
         augment=cfg.augment,
         min_crop_scale=cfg.min_crop_scale,
         seed=cfg.seed,
+        decode=cfg.decode,
     )
     # DistributedSampler semantics (torchvision's references): each rank a disjoint shard, reshuffled by
     # set_epoch from a seed shared by all ranks; drop_last so every rank runs the same number of steps.
@@ -206,7 +208,7 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
     held_out = []
     for samples in (select_samples, info.samples("val")):
         dataset = FolderDataset(
-            info.root, samples, image_size=cfg.image_size, train=False, augment=cfg.augment
+            info.root, samples, image_size=cfg.image_size, train=False, augment=cfg.augment, decode=cfg.decode
         )
         keys = [(i, 0) for i in sharded(len(dataset), rank, world_size)]
         held_out.append(Counted(data_loader(dataset, keys, micro_batch, cfg, drop_last=False), counter))
@@ -227,9 +229,12 @@ class FolderDataset(Dataset):
         augment: str = "random_resized_crop",
         min_crop_scale: float = IMAGENET_MIN_CROP_SCALE,
         seed: int = 0,
+        decode: str = "cpu",
     ):
         self.root, self.samples, self.image_size, self.train = root, samples, image_size, train
         self.augment, self.min_crop_scale, self.seed = augment, min_crop_scale, seed
+        # gpu: the file's bytes and its view's parameters; the device decodes (suite/data/device_decode.py)
+        self.load = read_raw if decode == "gpu" else load_image
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -240,7 +245,7 @@ class FolderDataset(Dataset):
         rng = random.Random(f"{self.seed}/{epoch}/{index}") if self.train else None
         try:
             return (
-                load_image(
+                self.load(
                     os.path.join(self.root, path),
                     self.image_size,
                     rng=rng,

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from suite.data.config import DataConfig, DatasetInfo
 from suite.data.decode import IMAGENET_MEAN, IMAGENET_STD
+from suite.data.device_decode import RawCollate
 from suite.data.registry import backend
 from suite.errors import check
 
@@ -100,7 +101,7 @@ def data_loader(
         batch_size=micro_batch,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=RawCollate(cfg.image_size) if cfg.decode == "gpu" else collate,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         # Workers stay up between epochs (and evaluations): re-forking them costs seconds per epoch.

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from suite.data.config import DataConfig, DatasetInfo
 from suite.data.decode import DECODE_ERRORS, IMAGENET_MIN_CROP_SCALE, load_image
+from suite.data.device_decode import RawCollate, raw_item
 from suite.data.loaders import Counted, Loaders, SkipCounter, collate
 from suite.data.shard_writer import INDEX_NAME, INDEX_VERSION, SHARD_SPLITS
 from suite.errors import UserError, check
@@ -198,21 +199,23 @@ class ShardStream(IterableDataset):
                 items, SHUFFLE_BUFFER, random.Random(f"{self.cfg.seed}/{epoch}/slot{self.rank}.{worker}")
             )
         batch, yielded = [], 0
+        collated = RawCollate(self.cfg.image_size) if self.cfg.decode == "gpu" else collate
         for key, data, label in items:
             batch.append(self._decode(key, data, label, epoch))
             if len(batch) == self.micro:
-                yield collate(batch)
+                yield collated(batch)
                 batch, yielded = [], yielded + 1
                 if self.train and yielded == self.batches_per_slot:
                     return
         if batch and not self.train:
-            yield collate(batch)
+            yield collated(batch)
 
     def _decode(self, key: str, data: bytes, label: int, epoch: int):
         rng = random.Random(f"{self.cfg.seed}/{epoch}/{self.split}:{key}") if self.train else None
+        decode = raw_item if self.cfg.decode == "gpu" else load_image
         try:
-            image = load_image(
-                io.BytesIO(data),
+            image = decode(
+                io.BytesIO(data) if decode is load_image else data,
                 self.cfg.image_size,
                 rng=rng,
                 augment=self.cfg.augment,
