@@ -349,7 +349,7 @@ CASES: list[Case] = [
     Case("imagefolder without data_dir", "dataset", run_one(lambda w: {"dataset": "imagefolder"}),
          lambda w: "dataset 'imagefolder' needs data_dir", "a directory with train/ and val/"),
     Case("unknown dataset", "dataset", run_one(lambda w: {"dataset": "cifar"}),
-         lambda w: "dataset 'cifar' unknown", "accepted: synthetic, imagefolder, shapes"),
+         lambda w: "dataset 'cifar' unknown", "accepted: synthetic, imagefolder, shapes, shards"),
     Case("class with no images", "dataset",
          run_one(imagefolder({"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 0}})),
          lambda w: f"class folder {w / 'data' / 'val' / 'b'} holds no images", LAYOUT),

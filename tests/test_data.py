@@ -269,7 +269,7 @@ def test_every_registered_backend_has_the_signature_and_is_accepted_by_specs_and
 
 def test_spec_grid_and_preflight_refuse_an_unregistered_name_listing_exactly_the_registry(tmp_path):
     accepted = f"accepted: {', '.join(NAMES)}"
-    assert accepted == "accepted: synthetic, imagefolder, shapes"  # the order users have always seen
+    assert accepted == "accepted: synthetic, imagefolder, shapes, shards"  # the order users have always seen
     with pytest.raises(UserError, match=accepted):
         RunSpec(dataset="cifar")
     grid = tmp_path / "grid.yaml"

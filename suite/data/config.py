@@ -3,7 +3,7 @@ preflight found (`DatasetInfo`, which travels to every rank so that none lists o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from suite.data.decode import IMAGENET_MIN_CROP_SCALE
 from suite.data.registry import default_min_crop_scale
@@ -89,8 +89,8 @@ class DatasetInfo:
     # the sorted file names inside <root>/<split>/<class>/. Names rather than paths keep it compact: ImageNet's
     # 1.33 M images are about 30 MB as JSON.
     files: tuple[tuple[tuple[str, ...], ...], ...] = ()
-    # The shards backend: per split (train, select, val) its shards as (file name, samples), from the index.
-    shards: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    # The shards backend: (split, its shards as (file name, samples)) for train, select and val, from the index.
+    shards: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     def samples(self, split: str) -> list[tuple[str, int]]:
         """`split`'s (path relative to `root`, label) pairs, in the order every rank indexes them."""
@@ -100,6 +100,10 @@ class DatasetInfo:
             for label, names in enumerate(groups)
             for name in names
         ]
+
+    def shards_of(self, split: str) -> tuple[tuple[str, int], ...]:
+        """The shards backend: `split`'s shards as (file name, samples)."""
+        return dict(self.shards)[split]
 
     def to_dict(self) -> dict:
         return {
@@ -111,7 +115,7 @@ class DatasetInfo:
             "corrupt_files": list(self.corrupt_files),
             "classes": list(self.classes),
             "files": {SPLITS[i]: [list(names) for names in groups] for i, groups in enumerate(self.files)},
-            "shards": {split: [list(shard) for shard in shards] for split, shards in self.shards.items()},
+            "shards": {split: [list(shard) for shard in shards] for split, shards in self.shards},
         }
 
     @classmethod
@@ -126,8 +130,8 @@ class DatasetInfo:
             corrupt_files=tuple(d["corrupt_files"]),
             classes=tuple(d["classes"]),
             files=tuple(tuple(tuple(names) for names in files[split]) for split in SPLITS) if files else (),
-            shards={
-                split: tuple((name, int(n)) for name, n in shards)
+            shards=tuple(
+                (split, tuple((name, int(n)) for name, n in shards))
                 for split, shards in d.get("shards", {}).items()
-            },
+            ),
         )

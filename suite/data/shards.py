@@ -102,7 +102,7 @@ def preflight(cfg: DataConfig) -> DatasetInfo:
         val_size=count["val"],
         corrupt_files=tuple(index.get("corrupt_files", ())),
         classes=classes,
-        shards=shards,
+        shards=tuple(shards.items()),
     )
 
 
@@ -237,7 +237,7 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
         split: ShardStream(
             info.root,
             split,
-            info.shards[split],
+            info.shards_of(split),
             cfg,
             micro_batch=micro_batch,
             rank=rank,
