@@ -174,13 +174,16 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (minutes)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--only", action="append", metavar="KEY", help="run this benchmark only (repeatable)")
+    p.add_argument(
+        "--gpu", action="store_true", help="the GPU benchmarks (ResNet-50, 224 px, bf16, one GPU) instead"
+    )
 
 
 @command(
     "bench", "measure the suite's own speed: seven side-by-side ratios against their goals", _bench_arguments
 )
 def bench_cmd(args: argparse.Namespace) -> int:
-    return bench_command(quick=args.quick, as_json=args.json, only=args.only)
+    return bench_command(quick=args.quick, as_json=args.json, only=args.only, on_gpu=args.gpu)
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:

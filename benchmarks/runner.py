@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import input_scaling, launch, pipeline, pruning, training
+from benchmarks import gpu, input_scaling, launch, pipeline, pruning, training
 from benchmarks.machine import load_average, machine_info
 from benchmarks.presets import FULL, QUICK, Preset
 from benchmarks.session import Session
@@ -80,6 +80,37 @@ def _registry() -> dict[str, Benchmark]:
             training.WEAK_SCALING_GOAL,
             training.weak_scaling,
             ("suite1", "suite2", "suite1b"),
+        ),
+    )
+    return {b.key: b for b in entries}
+
+
+def _gpu_registry() -> dict[str, Benchmark]:
+    """`bench --gpu` (benchmarks/gpu.py): one GPU, ResNet-50 at 224 px in bf16."""
+    entries = (
+        Benchmark(
+            "gpu_harness_overhead",
+            "suite timed-window img/s ÷ bare autocast-bf16 loop, ResNet-50 224 px, 1 GPU",
+            gpu.HARNESS_GOAL,
+            gpu.gpu_harness_overhead,
+            ("suite1", "bare"),
+        ),
+        Benchmark(
+            "gpu_channels_last",
+            "img/s with channels_last ÷ without",
+            gpu.KNOB_GOAL,
+            gpu.gpu_channels_last,
+            ("suite1",),
+        ),
+        Benchmark(
+            "gpu_compile", "img/s with torch.compile ÷ without", gpu.KNOB_GOAL, gpu.gpu_compile, ("suite1",)
+        ),
+        Benchmark(
+            "gpu_decode",
+            "img/s with decode: gpu ÷ decode: cpu on 500×375 JPEGs; data wait with GPU decode",
+            gpu.KNOB_GOAL,
+            gpu.gpu_decode,
+            ("suite1",),
         ),
     )
     return {b.key: b for b in entries}
@@ -152,12 +183,18 @@ def print_table(report: dict, registry: dict[str, Benchmark] | None = None) -> N
     Console(width=None if Console().is_terminal else 160).print(table)
 
 
-def bench_command(*, quick: bool, as_json: bool, only: list[str] | None = None) -> int:
-    """`resnet-bench bench`: exit 0 when every benchmark measured (goals met or not), 1 when one failed."""
-    report = run_benchmarks(QUICK if quick else FULL, only)
+def bench_command(*, quick: bool, as_json: bool, only: list[str] | None = None, on_gpu: bool = False) -> int:
+    """`resnet-bench bench`: exit 0 when every benchmark measured (goals met or not), 1 when one failed.
+
+    `on_gpu` (`--gpu`): the GPU benchmarks instead; without a GPU, a one-line `UserError` before anything runs.
+    """
+    if on_gpu:
+        gpu.require_gpu()
+    registry = _gpu_registry() if on_gpu else _registry()
+    report = run_benchmarks(QUICK if quick else FULL, only, registry=registry)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        print_table(report)
+        print_table(report, registry)
     keys = [k for k in report if isinstance(report[k], dict) and "ratio" in report[k]]
     return 1 if any(report[k].get("error") for k in keys) else 0

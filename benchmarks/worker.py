@@ -39,7 +39,7 @@ def op_run(spec: dict) -> dict:
         raise RuntimeError(f"run {row['run_id']} {row['status']}: {row['error']}")
     # What the suite's side reports: the row's timed-window numbers (suite/measure.py), nothing recomputed here.
     return {
-        **{k: row[k] for k in ("status", "error", *THROUGHPUT_COLUMNS)},
+        **{k: row[k] for k in ("status", "error", "mfu", *THROUGHPUT_COLUMNS)},
         "threads": torch.get_num_threads(),
     }
 

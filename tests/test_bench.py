@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from benchmarks import runner
 from benchmarks.launch import makespan_figures
@@ -14,6 +15,7 @@ from benchmarks.presets import QUICK
 from benchmarks.session import Session
 from benchmarks.stats import Goal, check, failed, interleave, paired_ratios, result, spread
 from resnet_bench import main
+from suite.spec import RunSpec
 
 TINY = dataclasses.replace(
     QUICK,
@@ -211,3 +213,27 @@ def test_weak_scaling_tiny_with_its_machine_ceiling():
     assert entry["ratio"] > 0 and len(entry["samples"]) == TINY.repetitions
     assert details["machine_ceiling"]["median"] > 0 and details["threads_per_rank"] == 1
     assert details["two_rank_images_per_s"]["median"] > 0
+
+
+def test_bench_gpu_without_a_gpu_is_one_line_and_measures_nothing(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: bench --gpu measures there")
+    assert main(["bench", "--gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "resnet-bench bench: error: bench --gpu measures on a GPU, and torch sees none on this machine"
+        " (torch.cuda.is_available() is false); accepted: a machine where nvidia-smi lists a GPU"
+    ]
+
+
+def test_bench_gpu_sides_are_valid_specs_and_the_bare_loop_runs_bf16(tmp_path):
+    from benchmarks.bare import bare_training
+    from benchmarks.gpu import decode_specs, gpu_spec
+
+    for spec in (gpu_spec(), gpu_spec(channels_last=True), gpu_spec(compile=True), *decode_specs(tmp_path)):
+        RunSpec.from_dict(spec)  # every side is a spec the suite accepts
+    tiny = RunSpec.from_dict(
+        gpu_spec(width=4, image_size=32, small_stem=True, micro_batch=4, steps_per_epoch=3, warmup_steps=1)
+    )
+    out = bare_training(tiny)  # bf16 autocast, on whatever device this machine has
+    assert out["images_per_s"] > 0 and out["mfu"] > 0 and out["timed_steps"] == 2
