@@ -4,6 +4,7 @@ tells which file a batch item came from."""
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 from pathlib import Path
 
@@ -107,3 +108,34 @@ def drop_dac_capabilities() -> None:
     caps[0].permitted &= keep
     if libc.capset(ctypes.byref(header), caps) != 0:
         raise OSError(ctypes.get_errno(), "capset")
+
+
+def as_ordinary_user(fn) -> str:
+    """`str(fn())` as a user without root's permission overrides: in a forked child that drops them when
+    this is root (skipped where they cannot be dropped). An exception in `fn` fails the calling test."""
+    if os.geteuid() != 0:
+        return str(fn())
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and leave without running pytest's teardown
+        status = 0
+        try:
+            try:
+                drop_dac_capabilities()
+            except OSError as e:
+                os.write(write, f"SKIP cannot drop capabilities: {e}".encode())
+                raise
+            os.write(write, f"OK {fn()}".encode())
+        except BaseException as e:
+            os.write(write, f"ERROR {type(e).__name__}: {e}".encode())
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        out = pipe.read().decode()
+    os.waitpid(pid, 0)
+    if out.startswith("SKIP"):
+        pytest.skip(out.split("ERROR")[0])
+    assert out.startswith("OK "), out
+    return out[3:]

@@ -14,7 +14,7 @@ import pytest
 from suite.data import imagefolder, manifest, preflight
 from suite.data.manifest import MANIFEST_NAME
 from suite.data.preflight import prepare_data
-from tests.data_trees import drop_dac_capabilities, folder_cfg, make_tree, write_image
+from tests.data_trees import as_ordinary_user, folder_cfg, make_tree, write_image
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTS = {"train": {"a": 6, "b": 5}, "val": {"a": 3, "b": 2}}
@@ -117,7 +117,7 @@ def test_a_read_only_tree_keeps_its_manifest_in_the_cache(tree, tmp_path, monkey
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(cache))
     tree.chmod(0o555)
     try:
-        found = _as_ordinary_user(lambda: manifest.save(imagefolder.index_folder(tree, 100)))
+        found = as_ordinary_user(lambda: manifest.save(imagefolder.index_folder(tree, 100)))
     finally:
         tree.chmod(0o755)
     assert not (tree / MANIFEST_NAME).exists()
@@ -150,27 +150,3 @@ def test_data_index_writes_the_manifest_and_bad_input_writes_nothing(tree, tmp_p
         proc = cli(*args)
         assert proc.returncode == 2 and culprit in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not (empty / MANIFEST_NAME).exists() and not (tree / MANIFEST_NAME).exists()
-
-
-def _as_ordinary_user(fn):
-    """`str(fn())` in a forked child without root's permission overrides (tests/data_trees.py)."""
-    if os.geteuid() != 0:
-        return str(fn())
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 0
-        try:
-            drop_dac_capabilities()
-            os.write(write, str(fn()).encode())
-        except BaseException as e:
-            os.write(write, f"ERROR {type(e).__name__}: {e}".encode())
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        out = pipe.read().decode()
-    os.waitpid(pid, 0)
-    assert not out.startswith("ERROR"), out
-    return out

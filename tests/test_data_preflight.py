@@ -15,7 +15,7 @@ from suite.data.loaders import build_loaders
 from suite.data.manifest import MANIFEST_NAME
 from suite.data.preflight import prepare_data
 from suite.errors import UserError
-from tests.data_trees import drop_dac_capabilities, folder_cfg, make_tree, one_line_error, write_corrupt
+from tests.data_trees import as_ordinary_user, folder_cfg, make_tree, one_line_error, write_corrupt
 
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: one line, naming the path, decided before any model is built
@@ -140,36 +140,15 @@ def test_preflight_decodes_a_bounded_sample_of_large_sets(tmp_path, monkeypatch)
 
 def error_as_ordinary_user(cfg: DataConfig) -> str:
     """prepare_data(cfg)'s UserError message ("" if none) as a user without permission overrides sees it."""
-    if os.geteuid() != 0:
+
+    def attempt() -> str:
         try:
             prepare_data(cfg)
         except UserError as e:
             return str(e)
         return ""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report and leave without running pytest's teardown
-        status = 0
-        try:
-            drop_dac_capabilities()
-            try:
-                prepare_data(cfg)
-                message = ""
-            except UserError as e:
-                message = str(e)
-            os.write(write, message.encode())
-        except BaseException as e:
-            os.write(write, f"SKIP cannot drop capabilities: {e}".encode())
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        message = pipe.read().decode()
-    os.waitpid(pid, 0)
-    if message.startswith("SKIP"):
-        pytest.skip(message)
-    return message
+
+    return as_ordinary_user(attempt)
 
 
 def test_unreadable_file_and_directory_are_user_errors(tmp_path):

@@ -47,13 +47,7 @@ def load_image(
     (suite/vocab.py AUGMENTS) and a flip; without, its evaluation view (random_resized_crop:
     Resize(size·256/224) + CenterCrop(size); pad_crop: the whole image resized)."""
     with Image.open(path) as image:
-        width, height = image.size
-        if augment == "pad_crop":
-            box = (0, 0, width, height)
-        elif rng is None:
-            box = eval_box(width, height, size)
-        else:
-            box = random_resized_box(width, height, rng, scale=(min_crop_scale, 1.0))
+        box = view_box(*image.size, size, rng=rng, augment=augment, min_crop_scale=min_crop_scale)
         image, box = _draft(image, box, size)
         if image.mode != "RGB":
             image = image.convert("RGB")
@@ -63,6 +57,17 @@ def load_image(
     if rng is not None and rng.random() < 0.5:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out)
+
+
+def view_box(
+    width: int, height: int, size: int, *, rng: random.Random | None, augment: str, min_crop_scale: float
+) -> Box:
+    """The part of a `width`×`height` image that becomes the `size`×`size` view (drawn with `rng` in training)."""
+    if augment == "pad_crop":
+        return (0, 0, width, height)
+    if rng is None:
+        return eval_box(width, height, size)
+    return random_resized_box(width, height, rng, scale=(min_crop_scale, 1.0))
 
 
 def pad_crop(image: Image.Image, rng: random.Random) -> Image.Image:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from suite.data.decode import IMAGENET_MEAN, IMAGENET_STD, eval_box, random_resized_box
+from suite.data.decode import IMAGENET_MEAN, IMAGENET_STD, view_box
 
 JPEG_MAGIC = b"\xff\xd8"
 
@@ -33,13 +33,7 @@ def raw_item(data: bytes, size: int, *, rng: random.Random | None, augment: str,
 
     Raises what PIL raises for a header it cannot read (the caller skips and counts the image)."""
     with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-    if augment == "pad_crop":
-        box = (0, 0, width, height)
-    elif rng is None:
-        box = eval_box(width, height, size)
-    else:
-        box = random_resized_box(width, height, rng, scale=(min_crop_scale, 1.0))
+        box = view_box(*image.size, size, rng=rng, augment=augment, min_crop_scale=min_crop_scale)
     pad = max(1, size // 8)
     shift = (
         (rng.randint(0, 2 * pad), rng.randint(0, 2 * pad))
