@@ -52,6 +52,8 @@ class RunSpec:
     # data
     dataset: str = "shapes"  # synthetic | imagefolder | shapes | shards
     data_dir: str | None = None
+    # shards: a node-local directory (e.g. /tmp or a local NVMe) the shards are copied to before the first epoch
+    stage_dir: str | None = None
     num_classes: int | None = None  # from the data unless given
     loader_workers: int = 2
     # suite/vocab.py AUGMENTS; null: pad_crop for inputs ≤ SMALL_IMAGE_MAX_PX (unless min_crop_scale is given),
@@ -212,6 +214,10 @@ class RunSpec:
         check(
             self.target_top1 is None or 0 < self.target_top1 <= 1,
             f"target_top1 must be a fraction in (0, 1], got {self.target_top1}",
+        )
+        check(
+            self.stage_dir is None or self.dataset == "shards",
+            f"stage_dir applies to dataset 'shards' only, not {self.dataset!r}",
         )
         check(self.decode in DECODES, f"decode {self.decode!r}; accepted: {', '.join(DECODES)}")
         check(

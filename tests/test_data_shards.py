@@ -18,6 +18,7 @@ from suite.data.preflight import prepare_data
 from suite.data.shard_writer import write_shards
 from suite.errors import UserError
 from suite.results import read_runs
+from suite.spec import RunSpec
 from tests.data_trees import drain, make_tree
 from tests.test_train import run_one, write_config
 
@@ -139,3 +140,21 @@ def test_shards_ship_raw_bytes_for_device_decode(packed):
     assert images.shape == (4, 3, 8, 8) and drain([(images, labels)]) == drain(
         [pil]
     )  # the same solid colours
+
+
+def test_stage_dir_copies_the_shards_once_and_the_loaders_read_the_copies(packed, tmp_path):
+    src, dest = packed
+    local = tmp_path / "node-local"
+    cfg = shard_cfg(dest, stage_dir=str(local))
+    info = prepare_data(cfg)
+    loaders = build_loaders(cfg, info, micro_batch=4, rank=0, world_size=1)
+    names = sorted(p.name for p in dest.glob("*.tar"))
+    assert sorted(p.name for p in local.glob("*.tar")) == names
+    stamps = {p.name: p.stat().st_mtime_ns for p in local.glob("*.tar")}
+    build_loaders(cfg, info, micro_batch=4, rank=1, world_size=2)  # another rank of the node: no second copy
+    assert {p.name: p.stat().st_mtime_ns for p in local.glob("*.tar")} == stamps
+    for shard in dest.glob("*.tar"):
+        shard.unlink()  # the shared copy is gone: only the staged one can serve the batches
+    assert sorted(drain(loaders.test)[0]) == values("val", src)
+    with pytest.raises(UserError, match="stage_dir applies to dataset 'shards' only"):
+        RunSpec(dataset="shapes", stage_dir=str(local))

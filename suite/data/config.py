@@ -31,6 +31,7 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes per rank (0 = in-process)
     augment: str = "random_resized_crop"  # suite/vocab.py AUGMENTS (suite/data/decode.py)
     decode: str = "cpu"  # suite/vocab.py DECODES: gpu ships bytes (suite/data/device_decode.py)
+    stage_dir: str | None = None  # shards: node-local copy made before the first epoch (suite/data/shards.py)
     min_crop_scale: float = IMAGENET_MIN_CROP_SCALE  # RandomResizedCrop scale lower bound
     seed: int = 0
     # About this many images are decoded by the preflight (all of them in smaller sets), in proportion over
@@ -64,6 +65,7 @@ def data_config(spec: RunSpec) -> DataConfig:
         select_fraction=spec.select_fraction,
         augment=spec.augment,
         decode=spec.decode,
+        stage_dir=spec.stage_dir,
         # null: the backend's own bound (the generated shapes need whole objects in the crop to be learnable).
         min_crop_scale=(
             default_min_crop_scale(spec.dataset) if spec.min_crop_scale is None else spec.min_crop_scale

@@ -18,12 +18,14 @@ rules below are short enough to own.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
 import multiprocessing
 import os
 import random
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,6 +228,31 @@ class ShardStream(IterableDataset):
         return image, label
 
 
+def stage(info: DatasetInfo, stage_dir: str) -> str:
+    """Copy every shard `info` lists into `stage_dir` (node-local storage) unless a copy of the right size is
+    there; returns it. The ranks of one node copy once: the first takes a lock beside the copies, the others
+    wait and find them. Each copy is written under a temporary name and renamed, so a killed copy is redone.
+    Every shard is staged, not only this rank's: the training shards change hands every epoch."""
+    dest = Path(os.path.abspath(os.path.expanduser(stage_dir)))
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with open(dest / ".stage.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for _, shards in info.shards:
+                for name, _ in shards:
+                    source, copy = Path(info.root, name), dest / name
+                    if not copy.is_file() or copy.stat().st_size != source.stat().st_size:
+                        tmp = dest / f".{name}.{os.getpid()}.tmp"
+                        shutil.copyfile(source, tmp)
+                        os.replace(tmp, copy)
+    except OSError as e:
+        raise UserError(
+            f"cannot stage the shards of {info.root} in {dest}: {e.strerror}; accepted: a writable"
+            " stage_dir with room for every shard"
+        ) from None
+    return str(dest)
+
+
 def _batches(batch):
     return batch  # the streams collate their own batches
 
@@ -233,9 +260,10 @@ def _batches(batch):
 def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, world_size: int) -> Loaders:
     """This rank's loaders over the shards `info` lists (train, select, val as the test split)."""
     counter = SkipCounter()
+    root = stage(info, cfg.stage_dir) if cfg.stage_dir else info.root
     streams = {
         split: ShardStream(
-            info.root,
+            root,
             split,
             info.shards_of(split),
             cfg,
