@@ -225,6 +225,11 @@ class RunSpec:
             "decode: gpu decodes JPEG files, and dataset 'synthetic' has none; accepted: decode: cpu",
         )
         check(
+            not self.channels_last or self.zero_stage == 0,
+            f"channels_last: true with zero_stage {self.zero_stage}: ZeRO keeps the parameters in one flat"
+            " buffer, which NHWC strides cannot live in; accepted: zero_stage 0 with channels_last",
+        )
+        check(
             not (self.compile and self.variant == "eps"),
             "compile: true with variant 'eps': the ε gate all-reduces its decision inside every training forward"
             " pass, which torch.compile does not trace as one graph; accepted: compile: false for eps (every"

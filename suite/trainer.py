@@ -111,7 +111,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = spec.cudnn_benchmark
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model.to(placement.device, memory_format=self.memory_format),
+            model=model.to(placement.device),
             optimizer=optimizer,
             lr_scheduler=scheduler,
             config=deepspeed_config(spec, micro_batch, grad_accum, placement.world_size),
@@ -121,6 +121,10 @@ class Trainer:
             # back every gradient anyway (1.5 % of a CPU step, measured); it skips this itself without a
             # process group, which this run always has.
             self.engine.enable_backward_allreduce = False
+        if spec.channels_last:
+            # After initialize: DeepSpeed broadcasts each parameter as a byte view, which NHWC strides refuse.
+            # `.to` swaps each Parameter's data in place, so the optimizer keeps the same parameters.
+            self.engine.module.to(memory_format=torch.channels_last)
         if spec.compile:
             # nn.Module.compile in place: every later call of the module, training and evaluation alike, runs
             # compiled, and its parameters, state dict and checkpoints stay the module's own.

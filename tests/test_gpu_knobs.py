@@ -17,6 +17,7 @@ from tests.data_trees import make_tree, textured
 from tests.test_train import only_row, run_one, write_config
 
 
+@pytest.mark.slow
 def test_a_cpu_run_with_every_knob_is_ok_and_records_what_took_effect(tmp_path):
     knobs = {
         "channels_last": True,
@@ -100,3 +101,8 @@ def test_decode_gpu_without_a_gpu_is_refused_in_one_line_and_writes_nothing(tmp_
     grid.write_text("cluster: {use_gpu: false}\ndefaults: {decode: gpu}\n")
     with pytest.raises(UserError, match="decode: gpu needs GPUs, and the cluster has use_gpu: false"):
         load_grid(grid)
+
+
+def test_channels_last_is_refused_under_zero_with_the_reason():
+    with pytest.raises(UserError, match="channels_last: true with zero_stage 2: ZeRO keeps the parameters"):
+        RunSpec(channels_last=True, zero_stage=2)
