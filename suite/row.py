@@ -99,7 +99,6 @@ def _spec_columns(spec: RunSpec) -> dict:
         "zero_stage": spec.zero_stage,
         "decode": spec.decode,
         "channels_last": spec.channels_last,
-        "cudnn_benchmark": spec.cudnn_benchmark,  # run_row: only where it took effect
         "compile": spec.compile,
         "micro_batch": spec.micro_batch,
         "grad_accum": spec.grad_accum,
@@ -181,9 +180,9 @@ def run_row(
         "oom_retries": oom_retries,
         "started_at": started,
         "hosts": hosts,
+        # Only where it took effect: a CPU has no cuDNN to tune (unknown device: what the spec asked).
+        "cudnn_benchmark": spec.cudnn_benchmark and (device is None or device.type == "cuda"),
     }
-    if device is not None and device.type != "cuda":
-        row["cudnn_benchmark"] = False  # there is no cuDNN to tune on this device
     if measured is not None:
         row.update(_measured_columns(measured))
         row["restarts"] = max(restarts, measured.restarts)
