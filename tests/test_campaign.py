@@ -173,14 +173,16 @@ def test_a_grid_in_a_terminal_shows_its_progress_keeps_two_checkpoints_and_keeps
 
     def count_checkpoints() -> None:
         # Every epoch checkpoint of a point on disk: the disk a long point fills (launchers/ray_worker.py).
-        for point in (results / "g" / ".checkpoints").glob("*-resnet50-*"):
-            counts.append(
-                sum(
-                    1
-                    for p in point.rglob("*")
-                    if p.is_dir() and re.fullmatch(r"epoch\d+|checkpoint_.*", p.name)
-                )
-            )
+        # The run deletes old checkpoints while this looks, so it walks with os.walk, which skips a folder
+        # that went between listing and opening instead of raising as Path.glob and Path.rglob do.
+        root = results / "g" / ".checkpoints"
+        per_point: dict[str, int] = {}
+        for here, dirs, _ in os.walk(root):
+            point = Path(here).relative_to(root).parts[:1]
+            if point and re.fullmatch(r".*-resnet50-.*", point[0]):
+                held = sum(1 for name in dirs if re.fullmatch(r"epoch\d+|checkpoint_.*", name))
+                per_point[point[0]] = per_point.get(point[0], 0) + held
+        counts.extend(per_point.values())
 
     rc, raw = run_in_terminal(
         [sys.executable, "-m", "resnet_bench", "run", str(grid), "--results", str(results)],

@@ -92,6 +92,14 @@ def rows(results: Path, grid: str) -> list[dict]:
     return read_runs(results, grid).to_pylist()
 
 
+def has_checkpoint(checkpoints: Path) -> bool:
+    """Whether any point under `checkpoints` has written its first DeepSpeed checkpoint."""
+    try:
+        return any(checkpoints.glob("*/deepspeed/latest"))
+    except FileNotFoundError:  # a point's folder was removed while the glob walked it
+        return False
+
+
 def job_processes(job: str) -> list[psutil.Process]:
     """Live processes of a Slurm job: everything it starts carries SLURM_JOB_ID in its environment."""
     found = []
@@ -257,7 +265,7 @@ def grids(slurm, tmp_path_factory):
         if all(finished(slurm, jobs[name]["id"], info) for name, info in infos.items()):
             break
         assert time.monotonic() < deadline, f"grid jobs still {states}"
-        if not gb["signalled"] and list((gb["results"] / "gb" / ".checkpoints").glob("*/deepspeed/latest")):
+        if not gb["signalled"] and has_checkpoint(gb["results"] / "gb" / ".checkpoints"):
             slurm.scancel(gb["id"], "--signal=USR1", "--batch")
             gb["signalled"] = True
         if infos["gb"]["Restarts"] == "1" and states["gb"] == "PENDING":
