@@ -1,9 +1,9 @@
 """The shards backend: `dataset: shards`, `data_dir: DEST` trains on what `resnet-bench data shard` wrote.
 
-A small reader over `tarfile` rather than the webdataset library: a data-parallel run needs every rank to take
-the same number of steps, and every select and test image counted exactly once across ranks. webdataset
-splits whole shards by node and worker and leaves both to the user (uneven shards give uneven ranks); the
-rules below are short enough to own.
+A small reader (suite/data/tar_stream.py) rather than the webdataset library: a data-parallel run needs every
+rank to take the same number of steps, and every select and test image counted exactly once across ranks.
+webdataset splits whole shards by node and worker and leaves both to the user (uneven shards give uneven
+ranks); the rules below are short enough to own.
 
 - Shards go to (rank, loader worker) slots round-robin: slot r·K + w of W·K takes shards i ≡ slot (mod W·K).
   Nothing overlaps, and no listing is needed: the index names every shard.
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from suite.data import tar_stream
 from suite.data.config import DataConfig, DatasetInfo
 from suite.data.decode import DECODE_ERRORS, IMAGENET_MIN_CROP_SCALE, load_image
 from suite.data.device_decode import RawCollate, raw_item
@@ -119,23 +120,8 @@ def _check_first_image(root: Path, name: str) -> None:
 def read_samples(root: str, names: list[str]) -> Iterator[tuple[str, bytes, int]]:
     """(key, image bytes, label) of every sample of the shards `names`, in order, streamed."""
     for name in names:
-        with tarfile.open(os.path.join(root, name), "r|") as tar:
-            key, image, label = None, None, None
-            for member in tar:
-                if not member.isfile():
-                    continue
-                stem, _, ext = member.name.partition(".")
-                if stem != key:
-                    if image is not None and label is not None:
-                        yield key, image, label
-                    key, image, label = stem, None, None
-                data = tar.extractfile(member).read()
-                if ext == "cls":
-                    label = int(data)
-                else:
-                    image = data
-            if image is not None and label is not None:
-                yield key, image, label
+        for key, image, label in tar_stream.samples(os.path.join(root, name)):
+            yield key, image, int(label)
 
 
 def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
