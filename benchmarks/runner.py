@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import gpu, input_scaling, launch, pipeline, pruning, training
+from benchmarks import gate_sync, gpu, input_scaling, launch, pipeline, pruning, training
 from benchmarks.machine import load_average, machine_info
 from benchmarks.presets import FULL, QUICK, Preset
 from benchmarks.session import Session
@@ -80,6 +80,13 @@ def _registry() -> dict[str, Benchmark]:
             training.WEAK_SCALING_GOAL,
             training.weak_scaling,
             ("suite1", "suite2", "suite1b"),
+        ),
+        Benchmark(
+            "gate_sync",
+            "ε-ResNet (gate_sync: local) ÷ plain ResNet, 2-rank timed-window img/s; gate_sync: step beside it",
+            gate_sync.GOAL,
+            gate_sync.gate_sync,
+            ("suite2",),
         ),
     )
     return {b.key: b for b in entries}

@@ -87,6 +87,7 @@ def _spec_columns(spec: RunSpec) -> dict:
         "epsilon": spec.epsilon,
         "side_head": spec.side_head,
         "lr_reset_on_discard": spec.variant == "eps" and spec.lr_reset_on_discard,
+        "gate_sync": spec.gate_sync if spec.variant == "eps" else None,
         "parent_run_id": spec.parent.run_id if spec.parent else None,
         "width": spec.width,
         "image_size_px": spec.image_size,

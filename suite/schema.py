@@ -15,6 +15,8 @@ from suite.data import registry as data_backends
 from suite.vocab import (
     ARCHS,
     DECODES,
+    GATE_SYNC_DOCS,
+    GATE_SYNCS,
     LAUNCHERS,
     PRECISIONS,
     STATUSES,
@@ -24,7 +26,7 @@ from suite.vocab import (
     one_of,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
                 pa.bool_(),
                 "eps: the learning rate restarts when the discard count rises (false for other variants)",
                 False,
+            ),
+            Column(
+                "gate_sync",
+                pa.string(),
+                f"eps: how the ranks took each gate decision in training: {one_of(GATE_SYNCS, GATE_SYNC_DOCS)};"
+                " null for other variants",
             ),
             Column(
                 "parent_run_id",

@@ -18,6 +18,7 @@ from suite.results import check_name
 from suite.vocab import (
     AUGMENTS,
     DECODES,
+    GATE_SYNCS,
     LAUNCHERS,
     PRECISIONS,
     PURGE_MATCH,
@@ -38,6 +39,7 @@ class RunSpec:
     # Epochs trained with the gate off first (see suite/trainer.py: why); null: 1, or 0 for a 1-epoch run.
     eps_warmup_epochs: int | None = None
     lr_reset_on_discard: bool = True  # ε-ResNet's adaptive learning-rate reset
+    gate_sync: str = "step"  # suite/vocab.py GATE_SYNCS: step | local
     # ε-ResNet side supervision (Yu et al. 2018, Sec. 3.2); null: on for eps, off otherwise. Any variant may
     # have it, so a plain ResNet can train with exactly ε-ResNet's loss.
     side_head: bool | None = None
@@ -149,6 +151,14 @@ class RunSpec:
                 f"epsilon={self.epsilon} given for variant {self.variant!r}; only variant 'eps' has an ε gate"
                 + (need if self.variant == "posthoc" else ""),
             )
+        check(
+            self.gate_sync in GATE_SYNCS, f"gate_sync {self.gate_sync!r}; accepted: {', '.join(GATE_SYNCS)}"
+        )
+        check(
+            self.gate_sync == "step" or self.variant == "eps" or self.has_parent,
+            f"gate_sync {self.gate_sync!r} given for variant {self.variant!r}, which has no ε gate; accepted:"
+            " variant 'eps' (or a scratch/matched posthoc child, naming its parent) with gate_sync",
+        )
         for name in ("width", "epochs", "micro_batch", "grad_accum", "nodes", "devices_per_node"):
             check(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in (

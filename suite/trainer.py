@@ -130,6 +130,7 @@ class Trainer:
             # compiled, and its parameters, state dict and checkpoints stay the module's own.
             self.engine.compile()
         self.model: ResNet = self.engine.module
+        self.model.set_gate_sync(spec.gate_sync)
         self.dtype = next(self.model.parameters()).dtype
         self.epochs = epochs
         self.meter = measure.ThroughputMeter(
@@ -185,6 +186,7 @@ class Trainer:
             if epoch < state.epoch:
                 continue  # resumed past it
             eps = self.set_epsilon_for(epoch)
+            agree_gates = eps is not None and spec.gate_sync == "local"
             self.loaders.set_epoch(epoch)
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.placement.device)
             nonfinite = torch.zeros((), dtype=torch.bool, device=self.placement.device)
@@ -202,6 +204,8 @@ class Trainer:
                 )
                 labels = labels.to(self.placement.device, non_blocking=True)
                 logits, side = split_outputs(engine(images))
+                if agree_gates:
+                    self.model.agree_gates()
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.label_smoothing)
                 if poison == "nan":
                     loss = loss * float("nan")

@@ -41,6 +41,15 @@ DIRECT_LAUNCHERS = ("torchrun", "srun")  # what a Ray launch is compared against
 # Children copy a decision of their ε-ResNet parent (its discards), so they run after it (launchers/grid.py).
 CHILD_VARIANTS = ("scratch", "posthoc")
 PURGE_MATCH = "match"  # posthoc purge_blocks: as many blocks as the ε parent discarded
+# How the data-parallel ranks of an ε-ResNet take each gate decision in training. step: s is all-reduced with
+# MAX in every gated block's forward pass, so every rank gates alike (one collective per block per step, on
+# the critical path). local: each rank gates on its own shard's s, as the official code's per-GPU towers do
+# (Yu et al. 2018, github.com/yuxwind/epsilonResnet), and the ranks agree on the bookkeeping once per step.
+GATE_SYNC_DOCS = {
+    "step": "every rank gates on the batch max over all ranks (one all-reduce per block per step)",
+    "local": "each rank gates on its own shard; the gate bookkeeping agreed once per step",
+}
+GATE_SYNCS = tuple(GATE_SYNC_DOCS)
 STATUSES = ("ok", "diverged", "failed")
 FINISHED = ("ok", "diverged")  # a re-submitted grid skips these; failed runs are retried
 

@@ -155,6 +155,7 @@ def test_every_issue_key_is_registered():
         "data_pipeline",
         "input_scaling",
         "weak_scaling",
+        "gate_sync",
     ]
 
 
@@ -213,6 +214,20 @@ def test_weak_scaling_tiny_with_its_machine_ceiling():
     assert entry["ratio"] > 0 and len(entry["samples"]) == TINY.repetitions
     assert details["machine_ceiling"]["median"] > 0 and details["threads_per_rank"] == 1
     assert details["two_rank_images_per_s"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_gate_sync_tiny_times_three_sides_on_two_ranks():
+    from benchmarks.gate_sync import gate_sync
+
+    with Session(TINY) as session:
+        entry = gate_sync(session)
+    details = entry["details"]
+    assert entry["ratio"] > 0 and len(entry["samples"]) == TINY.repetitions
+    assert details["step_vs_resnet"]["median"] > 0 and details["threads_per_rank"] == 1
+    for side in ("resnet", "step", "local"):
+        assert details[f"{side}_images_per_s"]["median"] > 0
+    assert details["config"]["gate_sync"] == "local" and details["config"]["eps_warmup_epochs"] == 0
 
 
 def test_bench_gpu_without_a_gpu_is_one_line_and_measures_nothing(capsys):

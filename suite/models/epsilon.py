@@ -49,12 +49,17 @@ class EpsilonBottleneck(Bottleneck):
     The gate sits after the last BN of the branch and before the addition (torchvision's post-activation
     block). Each block keeps `off_rate`, a running average of "gated off" over training batches, and
     `gated_off`, the decision on the latest batch, for per-block tracking.
+
+    `synchronize` (gate_sync: step) all-reduces s across the ranks in every training forward pass; without it
+    (gate_sync: local) each rank gates on its own shard and `gated_off` holds this rank's decision until
+    `agree_gates` makes the bookkeeping of every block common to the ranks, once per step.
     """
 
     def __init__(self, *args, epsilon: float | None = 0.0, off_momentum: float = 0.1, **kwargs):
         super().__init__(*args, **kwargs)
         self.epsilon = None if epsilon is None else float(epsilon)  # None: gate disabled (ε warm-up)
         self.off_momentum = off_momentum
+        self.synchronize = True
         self.register_buffer("off_rate", torch.zeros(()))
         self.register_buffer("gated_off", torch.zeros((), dtype=torch.bool))
 
@@ -76,15 +81,33 @@ class EpsilonBottleneck(Bottleneck):
         # All-reduce only while training: evaluation shards may differ in batch count across ranks (every
         # held-out image is counted once), so a collective there could deadlock; an eval decision only
         # shapes that batch's output, never the parameters.
-        t = epsilon_gate(f, self.epsilon, synchronize=self.training)
-        if self.training:
-            with torch.no_grad():
-                off = (t == 0).float()
-                self.gated_off.copy_(off.bool())
-                self.off_rate.mul_(1 - self.off_momentum).add_(self.off_momentum * off)
-        else:
-            self.gated_off.copy_(t == 0)
+        t = epsilon_gate(f, self.epsilon, synchronize=self.training and self.synchronize)
+        self.gated_off.copy_(t == 0)
+        if self.training and self.synchronize:
+            self.record_off_share((t == 0).float())
         return self.relu(t * f + self.shortcut(x))
+
+    @torch.no_grad()
+    def record_off_share(self, off: Tensor) -> None:
+        """Fold the share of ranks (0–1) that gated this block off on the latest batch into `off_rate`."""
+        self.off_rate.mul_(1 - self.off_momentum).add_(self.off_momentum * off)
+
+
+@torch.no_grad()
+def agree_gates(blocks: list[EpsilonBottleneck]) -> None:
+    """gate_sync: local: one fused all-reduce of every block's local decision per step. Afterwards each block's
+    `gated_off` says whether every rank gated it off, and its `off_rate` follows the share of ranks that did,
+    identically on every rank (the buffers travel in rank 0's checkpoint)."""
+    if not blocks:
+        return
+    off = torch.stack([b.gated_off for b in blocks]).to(torch.float32)
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(off, op=dist.ReduceOp.SUM)
+        world = dist.get_world_size()
+    for block, count in zip(blocks, off, strict=True):
+        block.gated_off.copy_(count == world)
+        block.record_off_share(count / world)
 
 
 class ShortcutOnly(nn.Module):

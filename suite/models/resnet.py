@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
 
-from suite.models.epsilon import EpsilonBottleneck, ShortcutOnly, SideHead
+from suite.models.epsilon import EpsilonBottleneck, ShortcutOnly, SideHead, agree_gates
 
 EXPANSION = Bottleneck.expansion
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -159,6 +159,16 @@ class ResNet(nn.Module):
         """Change ε in place; None disables the gate (ε warm-up trains the plain network first)."""
         for _, _, block in self.gated_blocks():
             block.epsilon = None if epsilon is None else float(epsilon)
+
+    def set_gate_sync(self, gate_sync: str) -> None:
+        """suite/vocab.py GATE_SYNCS: `step` all-reduces each gate in the forward pass, `local` does not."""
+        for _, _, block in self.gated_blocks():
+            block.synchronize = gate_sync == "step"
+
+    def agree_gates(self) -> None:
+        """After a training forward pass under gate_sync: local, make the gate bookkeeping common to the ranks
+        in one collective (suite/models/epsilon.py `agree_gates`)."""
+        agree_gates([block for _, _, block in self.gated_blocks()])
 
     def blocks_gated_off(self) -> int:
         """Hard count: blocks whose gate was 0 on the latest batch."""
