@@ -57,11 +57,12 @@ def models_cmd(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title="Registered architectures (1000 classes, width 64)")
-    for col in ("name", "baseline", "ε gate", "params", "image px", "forward GFLOPs"):
+    for col in ("name", "block", "baseline", "ε gate", "params", "image px", "forward GFLOPs"):
         table.add_column(col, justify="right" if col in ("params", "image px", "forward GFLOPs") else "left")
     for r in rows:
         table.add_row(
             r["name"],
+            r["block"],
             r["depth"],
             "yes" if r["gated"] else "no",
             f"{r['params']:,}",

@@ -19,8 +19,10 @@ ASSUMED_MFU = {"cuda": 0.35, "cpu": 0.2}
 
 
 @cache
-def _forward_flops(arch: str, width: int, small_stem: bool, image_size: int, num_classes: int) -> int:
-    model = build_model(arch=arch, width=width, num_classes=num_classes, small_stem=small_stem)
+def _forward_flops(
+    arch: str, width: int, small_stem: bool, image_size: int, num_classes: int, block: str
+) -> int:
+    model = build_model(arch=arch, width=width, num_classes=num_classes, small_stem=small_stem, block=block)
     return count_flops(model, image_size)
 
 
@@ -44,7 +46,11 @@ def estimate_seconds(
         (spec.epochs * trains + spec.finetune_epochs) * per_rank_steps * spec.micro_batch * spec.world_size
     )
     flops = (
-        3 * _forward_flops(spec.arch, spec.width, spec.small_stem, spec.image_size, info.num_classes) * images
+        3
+        * _forward_flops(
+            spec.arch, spec.width, spec.small_stem, spec.image_size, info.num_classes, spec.block
+        )
+        * images
     )
     return flops / (spec.world_size * peak_per_device * mfu)
 

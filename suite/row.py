@@ -84,6 +84,7 @@ def _spec_columns(spec: RunSpec) -> dict:
         "spec_json": json.dumps(spec.to_dict(), sort_keys=True),
         "arch": spec.arch,
         "variant": spec.variant,
+        "block": spec.block,
         "epsilon": spec.epsilon,
         "side_head": spec.side_head,
         "lr_reset_on_discard": spec.variant == "eps" and spec.lr_reset_on_discard,

@@ -114,7 +114,12 @@ def _attempt(
     )
     # scratch: the parent's pruned architecture, freshly initialised (the seed decides the weights).
     inherited = tuple(parent["blocks_removed"]) if spec.variant == "scratch" else ()
-    shape = {"width": spec.width, "num_classes": info.num_classes, "small_stem": spec.small_stem}
+    shape = {
+        "width": spec.width,
+        "num_classes": info.num_classes,
+        "small_stem": spec.small_stem,
+        "block": spec.block,
+    }
     model = build_model(
         arch=spec.model_arch,
         epsilon=spec.epsilon if spec.variant == "eps" else None,

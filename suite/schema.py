@@ -14,6 +14,8 @@ import pyarrow as pa
 from suite.data import registry as data_backends
 from suite.vocab import (
     ARCHS,
+    BLOCK_DOCS,
+    BLOCKS,
     DECODES,
     GATE_SYNC_DOCS,
     GATE_SYNCS,
@@ -65,6 +67,7 @@ RUN_COLUMNS: tuple[tuple[str, tuple[Column, ...]], ...] = (
                 one_of(VARIANTS, VARIANT_DOCS),
                 False,
             ),
+            Column("block", pa.string(), f"residual block: {one_of(BLOCKS, BLOCK_DOCS)}"),
             Column(
                 "epsilon",
                 pa.float64(),

@@ -17,6 +17,7 @@ from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
 from suite.results import check_name
 from suite.vocab import (
     AUGMENTS,
+    BLOCKS,
     DECODES,
     GATE_SYNCS,
     LAUNCHERS,
@@ -47,6 +48,7 @@ class RunSpec:
     # posthoc: blocks closest to the identity to remove, or "match": as many as the ε parent discarded
     purge_blocks: int | str = 0
     finetune_epochs: int = 0  # posthoc: epochs of fine-tuning after the purge
+    block: str = "v1.5"  # suite/vocab.py BLOCKS: v1.5 (post-activation) | preact (pre-activation)
     width: int = 64
     small_stem: bool = False
     zero_init_residual: bool = False  # blocks start as identities (Goyal et al. 2017)
@@ -109,6 +111,7 @@ class RunSpec:
         _check_types(self)
         check(self.arch in STAGE_DEPTHS, f"arch {self.arch!r} unknown; accepted: {', '.join(STAGE_DEPTHS)}")
         check(self.variant in VARIANTS, f"variant {self.variant!r} unknown; accepted: {', '.join(VARIANTS)}")
+        check(self.block in BLOCKS, f"block {self.block!r} unknown; accepted: {', '.join(BLOCKS)}")
         # Defaults that depend on other fields are resolved here, so `{variant: eps}` and
         # `{variant: eps, side_head: true}` are one configuration with one run id.
         if self.side_head is None:

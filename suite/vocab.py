@@ -8,6 +8,7 @@ from their registry (`suite/data/`): those tables are the declaration, the names
 from __future__ import annotations
 
 from suite.models.registry import STAGE_DEPTHS
+from suite.models.resnet import BLOCK_DOCS
 
 ARCHS: tuple[str, ...] = tuple(STAGE_DEPTHS)  # resnet50, resnet101, resnet152
 # eps: ε-ResNet (Yu et al. 2018), blocks gated off during training are pruned; posthoc: the plain network with
@@ -21,6 +22,7 @@ VARIANT_DOCS = {
     "scratch": "its ε parent's pruned architecture, re-trained from scratch",
 }
 VARIANTS = tuple(VARIANT_DOCS)
+BLOCKS = tuple(BLOCK_DOCS)  # v1.5 | preact: the residual block (suite/models/resnet.py declares them)
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2)
 SCHEDULES = ("cosine", "step")

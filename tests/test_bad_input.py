@@ -303,6 +303,8 @@ CASES: list[Case] = [
          run_grid("points: [{variant: resnet, gate_sync: local}]\n"),
          lambda w: "gate_sync 'local' given for variant 'resnet', which has no ε gate",
          "accepted: variant 'eps'"),
+    Case("unknown block", "grid", run_grid("points: [{block: v2}]\n"),
+         lambda w: "block 'v2' unknown", "accepted: v1.5, preact"),
     Case("unknown gate_sync", "grid", run_grid("points: [{variant: eps, epsilon: 0.5, epochs: 2, gate_sync: rank}]\n"),
          lambda w: "gate_sync 'rank'", "accepted: step, local"),
     Case("infinite learning rate", "grid", run_grid("points: [{lr: .inf}]\n"),

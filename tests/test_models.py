@@ -14,6 +14,7 @@ from suite.errors import UserError
 from suite.models import (
     ARCHITECTURES,
     ShortcutOnly,
+    branch_excess,
     build_model,
     check_image_size,
     count_flops,
@@ -25,9 +26,18 @@ from suite.models import (
     rebuild_without,
     split_outputs,
 )
+from suite.models.resnet import branch_end
+from suite.vocab import BLOCKS
 
 # torchvision's published parameter counts for its V1.5 ResNets.
 TORCHVISION_PARAMS = {"resnet50": 25_557_032, "resnet101": 44_549_160, "resnet152": 60_192_808}
+# The pre-activation networks, counted by hand. The convolutions and the classifier are the same; the BNs
+# differ. A V1.5 block has BNs of p, p and 4p channels, a stage's projection one of 4p; a pre-activation block
+# has BNs of p and p plus one on its input (none for stage 1's first block, 2p for the other stages' first,
+# 4p for every later block), the projections none, and the network one final BN of 2,048. Per stage
+# (p = 64, 128, 256, 512) that is 1,024 + 1,536 + 3,072 + 6,144 = 11,776 parameters fewer, less the final
+# BN's 4,096: 7,680 fewer at every depth (a later block costs 12p in both).
+PREACT_PARAMS = {depth: n - 7_680 for depth, n in TORCHVISION_PARAMS.items()}
 
 
 @pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
@@ -51,10 +61,13 @@ def test_resnet50_flops_match_torchvision_published_gmacs():
     assert flops == pytest.approx(2 * 4.089e9, rel=0.01)
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-def test_every_architecture_trains_a_step_without_nan(name):
+def test_every_architecture_trains_a_step_without_nan(name, block):
     gated = ARCHITECTURES[name].gated
-    model = build_model(arch=name, epsilon=0.05 if gated else None, width=4, num_classes=5, small_stem=True)
+    model = build_model(
+        arch=name, epsilon=0.05 if gated else None, width=4, num_classes=5, small_stem=True, block=block
+    )
     x = torch.randn(4, 3, 16, 16)
     logits, side = split_outputs(model(x))
     assert logits.shape == (4, 5)
@@ -80,6 +93,22 @@ def test_epsilon_gate_is_exactly_zero_or_one(shape, epsilon, seed, scale):
     assert epsilon_gate(f, epsilon).item() == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    epsilon=st.floats(0, 4, allow_nan=False),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(1e-3, 1e2),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+)
+def test_branch_excess_is_the_papers_sum_of_relus_to_the_bit(shape, epsilon, seed, scale, dtype):
+    f = (torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale).to(
+        dtype
+    )
+    papers = (torch.relu(f - epsilon) + torch.relu(-f - epsilon)).amax().float()
+    assert torch.equal(branch_excess(f, epsilon), papers)
+
+
 def test_epsilon_gate_boundary_and_no_gradient():
     f = torch.tensor([[0.5, -0.5], [0.25, 0.0]], requires_grad=True)
     assert epsilon_gate(f, 0.5).item() == 0.0  # |F| = ε exactly is inside the band
@@ -90,13 +119,40 @@ def test_epsilon_gate_boundary_and_no_gradient():
     assert torch.equal(f.grad, torch.ones_like(f))  # the branch's gradient passes T·F; none reaches T
 
 
+def test_the_pre_activation_network_is_the_official_codes():
+    torch.manual_seed(0)
+    model = build_model(
+        arch="eps_resnet50", epsilon=0.5, width=4, num_classes=3, small_stem=True, block="preact"
+    ).eval()
+    # The BN-ReLU before each block: none after the stem, shared with the projection at a stage's start.
+    modes = [b.preact for _, _, b in model.full_blocks()]
+    assert (
+        modes
+        == ["none", "branch", "branch", "both", *["branch"] * 3, "both", *["branch"] * 5, "both"]
+        + ["branch"] * 2
+    )
+    assert [type(m) for m in model.layer2[0].downsample] == [torch.nn.Conv2d]  # no BN on the projection
+    assert not hasattr(model.layer1[1], "bn3") and hasattr(model, "final_bn")
+    # The gate reads the last convolution's raw output, and no ReLU follows the addition.
+    seen = {}
+    block = model.layer1[1]
+    block.conv3.register_forward_hook(lambda m, i, o: seen.update(f=o))
+    block.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16))
+    assert bool(block.gated_off) == (seen["f"].abs().max() <= 0.5)
+    assert (seen["out"] < 0).any()
+
+
 def _force_off(model, blocks):
-    """Zero the last BN of the chosen blocks, so their branch output is exactly 0 ≤ ε."""
+    """Zero the end of the chosen blocks' branch (the last BN, or a pre-activation block's last convolution),
+    so their branch output is exactly 0 ≤ ε."""
     with torch.no_grad():
         for s, j in blocks:
-            bn3 = model.stages[s][j].bn3
-            bn3.weight.zero_()
-            bn3.bias.zero_()
+            end = branch_end(model.stages[s][j])
+            end.weight.zero_()
+            if end.bias is not None:
+                end.bias.zero_()
 
 
 def _calibrated(model, x):
@@ -108,10 +164,13 @@ def _calibrated(model, x):
     return model.eval()
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("depth", ["resnet50", "resnet101"])
-def test_pruning_forced_blocks_keeps_logits_and_recounts(depth, tmp_path):
+def test_pruning_forced_blocks_keeps_logits_and_recounts(depth, block, tmp_path):
     torch.manual_seed(0)
-    model = build_model(arch=f"eps_{depth}", epsilon=1e-3, width=8, num_classes=7, small_stem=True)
+    model = build_model(
+        arch=f"eps_{depth}", epsilon=1e-3, width=8, num_classes=7, small_stem=True, block=block
+    )
     forced = [(0, 1), (1, 0), (2, 2), (3, 0)]  # (1, 0) and (3, 0) are stage-first (downsampling) blocks
     _force_off(model, forced)
     x = torch.randn(6, 3, 32, 32)
@@ -128,10 +187,15 @@ def test_pruning_forced_blocks_keeps_logits_and_recounts(depth, tmp_path):
     assert (after - before).abs().max() / before.abs().max() <= 1e-5
     assert isinstance(pruned.layer2[0], ShortcutOnly) and isinstance(pruned.layer4[0], ShortcutOnly)
     assert sum(len(k) for k in pruned.arch.kept_blocks()) == sum(model.arch.layers) - len(forced)
+
     # The recorded count is the count of the model that exists: recount from the modules, compare to
     # the unpruned count minus exactly the removed blocks' (and side head's) parameters.
+    # A stage-first block leaves its projection (and a pre-activation one its input's BN) behind.
+    def left_behind(block) -> int:
+        return count_params(block.downsample) + (count_params(block.bn0) if hasattr(block, "bn0") else 0)
+
     removed_params = sum(
-        count_params(model.stages[s][j]) - (count_params(model.stages[s][j].downsample) if j == 0 else 0)
+        count_params(model.stages[s][j]) - (left_behind(model.stages[s][j]) if j == 0 else 0)
         for s, j in forced
     )
     assert count_params(pruned) == count_params(model) - count_params(model.side) - removed_params
@@ -147,9 +211,12 @@ def test_pruning_forced_blocks_keeps_logits_and_recounts(depth, tmp_path):
         assert torch.equal(loaded(x), after)
 
 
-def test_a_bf16_network_prunes_to_a_bf16_network():
+@pytest.mark.parametrize("block", BLOCKS)
+def test_a_bf16_network_prunes_to_a_bf16_network(block):
     torch.manual_seed(0)
-    model = build_model(arch="eps_resnet50", epsilon=1e-3, width=8, num_classes=7, small_stem=True)
+    model = build_model(
+        arch="eps_resnet50", epsilon=1e-3, width=8, num_classes=7, small_stem=True, block=block
+    )
     _force_off(model, [(0, 1)])
     model = _calibrated(model, torch.randn(6, 3, 32, 32)).to(torch.bfloat16)
     pruned = rebuild_without(model, [(0, 1)]).eval()
@@ -159,9 +226,10 @@ def test_a_bf16_network_prunes_to_a_bf16_network():
         assert torch.equal(pruned(x), model(x))
 
 
-def test_posthoc_purge_removes_k_closest_blocks():
+@pytest.mark.parametrize("block", BLOCKS)
+def test_posthoc_purge_removes_k_closest_blocks(block):
     torch.manual_seed(0)
-    model = build_model(arch="resnet50", width=8, num_classes=5, small_stem=True)
+    model = build_model(arch="resnet50", width=8, num_classes=5, small_stem=True, block=block)
     _force_off(model, [(2, 3)])  # a block whose branch is exactly 0 is the closest to the identity
     x = torch.randn(4, 3, 32, 32)
     _calibrated(model, x)
@@ -200,9 +268,17 @@ def test_image_too_small_for_the_stem():
 
 def test_models_cli_json(capsys):
     assert main(["models", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == set(ARCHITECTURES)
+    listed = json.loads(capsys.readouterr().out)
+    rows = {(r["name"], r["block"]): r for r in listed}
+    assert len(rows) == len(listed) == 2 * len(ARCHITECTURES)  # every architecture once per block
+    assert set(rows) == {(name, block) for name in ARCHITECTURES for block in ("v1.5", "preact")}
     for depth, params in TORCHVISION_PARAMS.items():
-        assert rows[depth]["params"] == params
-        assert isinstance(rows[depth]["flops"], int)
-        assert rows[f"eps_{depth}"]["flops"] == rows[depth]["flops"]
+        post, pre = rows[depth, "v1.5"], rows[depth, "preact"]
+        assert post["params"] == params
+        assert isinstance(post["flops"], int)
+        assert rows[f"eps_{depth}", "v1.5"]["flops"] == post["flops"]
+        assert rows[f"eps_{depth}", "preact"]["flops"] == pre["flops"]
+        # Same convolutions but BN-free projections: the FLOPs (convolutions and the classifier) are equal,
+        # and the parameters differ only by BN scales and shifts.
+        assert pre["flops"] == post["flops"]
+        assert pre["params"] == PREACT_PARAMS[depth]

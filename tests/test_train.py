@@ -59,18 +59,22 @@ def only_row(tmp_path: Path) -> dict:
     return rows[0]
 
 
-@pytest.mark.parametrize("ranks, gate_sync", [(1, "step"), (2, "step"), (2, "local")])
-def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks, gate_sync):
+@pytest.mark.parametrize(
+    "ranks, gate_sync, block",
+    [(1, "step", "v1.5"), (2, "step", "v1.5"), (2, "local", "v1.5"), (1, "step", "preact")],
+)
+def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks, gate_sync, block):
     config = write_config(
         tmp_path, variant="eps", epsilon=0.5, dataset="shapes", width=8, image_size=32, micro_batch=16,
         epochs=2, steps_per_epoch=25, eps_warmup_epochs=1, zero_init_residual=True, gate_sync=gate_sync,
+        block=block,
     )  # fmt: skip
     proc = run_one(tmp_path, config, ranks=ranks)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = only_row(tmp_path)
     assert row["status"] == "ok" and row["error"] is None
     assert row["world_size"] == ranks and row["launcher"] == ("torchrun" if ranks == 2 else "local")
-    assert row["gate_sync"] == gate_sync
+    assert row["gate_sync"] == gate_sync and row["block"] == block
     assert row["global_batch"] == 16 * ranks
     assert row["timed_steps"] > 0 and row["images_per_s"] > 0 and 0 <= row["data_wait_frac"] <= 1
     assert row["params_active"] <= row["params_total"] and row["blocks_total"] == 16

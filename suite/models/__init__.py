@@ -1,7 +1,7 @@
 """Models: ResNet-50/101/152, their ε-ResNet counterparts, pruning and counting."""
 
 from suite.models.count import count_flops, count_params
-from suite.models.epsilon import EpsilonBottleneck, ShortcutOnly, epsilon_gate
+from suite.models.epsilon import EpsilonBottleneck, EpsilonGated, ShortcutOnly, branch_excess, epsilon_gate
 from suite.models.prune import (
     PruneResult,
     identity_scores,
@@ -29,12 +29,14 @@ __all__ = [
     "STAGE_DEPTHS",
     "ArchSpec",
     "EpsilonBottleneck",
+    "EpsilonGated",
     "PruneResult",
     "ResNet",
     "ShortcutOnly",
     "arch_spec",
     "block_numbers",
     "block_pairs",
+    "branch_excess",
     "build_model",
     "check_image_size",
     "count_flops",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
-from suite.models.resnet import ArchSpec, ResNet
+from suite.models.resnet import ArchSpec, ResNet, branch_end
 
 
 @dataclass
@@ -113,13 +113,10 @@ def prune(model: ResNet, data: Iterable) -> PruneResult:
 def identity_scores(model: ResNet, data: Iterable) -> dict[tuple[int, int], float]:
     """How close each block is to the identity on `data`: ‖F(x)‖ / ‖shortcut(x)‖ over all images.
 
-    F is the residual branch (output of the block's last BN, before the addition); the shortcut is x or the
-    projection. Small values mean the block adds little to what passes through it.
+    F is the residual branch (before the gate and the addition); the shortcut is x or the projection (for a
+    pre-activation stage-first block, of BN-ReLU(x)). Small values mean the block adds little to what passes through it.
     """
-    names: dict[nn.Module, tuple[int, int]] = {}
-    for s, (stage, kept) in enumerate(zip(model.stages, model.arch.kept_blocks(), strict=True)):
-        full = [m for m in stage if hasattr(m, "bn3")]
-        names.update({block: (s, j) for block, j in zip(full, kept, strict=True)})
+    names = {block: (s, j) for s, j, block in model.full_blocks()}
     branch_sq = dict.fromkeys(names.values(), 0.0)
     through_sq = dict.fromkeys(names.values(), 0.0)
 
@@ -128,8 +125,10 @@ def identity_scores(model: ResNet, data: Iterable) -> dict[tuple[int, int], floa
 
     handles = []
     for block, key in names.items():
-        # F is the output of the block's last BN (before the gate and the addition).
-        handles.append(block.bn3.register_forward_hook(lambda m, i, o, key=key: add(branch_sq, key, o)))
+        # F: the block's last BN (v1.5) or last convolution (pre-activation), before the gate and the addition.
+        handles.append(
+            branch_end(block).register_forward_hook(lambda m, i, o, key=key: add(branch_sq, key, o))
+        )
         if block.downsample is None:
             handles.append(block.register_forward_pre_hook(lambda m, i, key=key: add(through_sq, key, i[0])))
         else:

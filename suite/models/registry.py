@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from suite.errors import check
-from suite.models.resnet import ArchSpec, ResNet
+from suite.models.resnet import BLOCK_DOCS, ArchSpec, ResNet, branch_end
+
+BLOCKS = tuple(BLOCK_DOCS)
 
 # Depth is data: bottleneck blocks per stage (He et al. 2016, Table 1).
 STAGE_DEPTHS: dict[str, tuple[int, ...]] = {
@@ -47,6 +49,7 @@ def arch_spec(
     small_stem: bool = False,
     side_head: bool | None = None,
     removed: tuple[int, ...] = (),
+    block: str = "v1.5",
 ) -> ArchSpec:
     """Validate the arguments of `build_model` and return the architecture description."""
     check(arch in ARCHITECTURES, f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
@@ -64,6 +67,7 @@ def arch_spec(
             epsilon is None,
             f"epsilon={epsilon!r} given for {arch}, which has no ε gate; use {EPS_PREFIX}{arch}",
         )
+    check(block in BLOCKS, f"block {block!r}; accepted: {', '.join(BLOCKS)}")
     layers = STAGE_DEPTHS[entry.depth]
     check(
         all(0 <= b < sum(layers) for b in removed),
@@ -78,6 +82,7 @@ def arch_spec(
         epsilon=None if epsilon is None else float(epsilon),
         side_head=entry.gated if side_head is None else side_head,
         kept=kept_without(layers, removed) if removed else None,
+        block=block,
     )
 
 
@@ -108,6 +113,7 @@ def build_model(
     zero_init_residual: bool = False,
     side_head: bool | None = None,
     removed: tuple[int, ...] = (),
+    block: str = "v1.5",
 ) -> ResNet:
     """Build a registered architecture.
 
@@ -121,6 +127,8 @@ def build_model(
     `side_head` overrides the architecture's own choice (ε: on, plain: off), so a plain ResNet can train with
     ε-ResNet's side supervision. `removed` builds the network without those blocks (numbered over the whole
     network, `block_numbers`), freshly initialised: a pruned architecture trained from scratch.
+    `block` picks the residual block (suite/vocab.py BLOCKS); with `preact`, `zero_init_residual` zeroes
+    each block's last convolution instead, the pre-activation branch having no BN after it.
     """
     model = ResNet(
         arch_spec(
@@ -131,13 +139,12 @@ def build_model(
             small_stem=small_stem,
             side_head=side_head,
             removed=removed,
+            block=block,
         )
     )
     if zero_init_residual:
-        for stage in model.stages:
-            for block in stage:
-                if hasattr(block, "bn3"):
-                    torch.nn.init.zeros_(block.bn3.weight)
+        for _, _, full in model.full_blocks():
+            torch.nn.init.zeros_(branch_end(full).weight)
     return model
 
 

@@ -1,8 +1,10 @@
-"""One ResNet class for every depth, variant and pruned state: the architecture is data (`ArchSpec`).
+"""One ResNet class for every depth, block, variant and pruned state: the architecture is data (`ArchSpec`).
 
-Blocks are torchvision's V1.5 `Bottleneck` (stride on the 3×3 conv; He et al. 2016 put it on the first 1×1,
-torchvision moved it, see torchvision/models/resnet.py), or its ε-gated subclass. Module names follow
-torchvision (`conv1`, `bn1`, `layer1`…`layer4`, `fc`) so state-dict keys line up with torchvision's models.
+Blocks (`ArchSpec.block`, suite/vocab.py BLOCKS) are torchvision's V1.5 `Bottleneck` (post-activation, stride
+on the 3×3 conv; He et al. 2016 put it on the first 1×1, torchvision moved it, see torchvision/models/resnet.py)
+or the pre-activation bottleneck of the official ε-ResNet ImageNet code (suite/models/preact.py), each with
+its ε-gated subclass. Module names follow torchvision (`conv1`, `bn1`, `layer1`…`layer4`, `fc`) so a V1.5
+network's state-dict keys line up with torchvision's models.
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
 
-from suite.models.epsilon import EpsilonBottleneck, ShortcutOnly, SideHead, agree_gates
+from suite.models.epsilon import EpsilonBottleneck, EpsilonGated, ShortcutOnly, SideHead, agree_gates
+from suite.models.preact import EpsilonPreActBottleneck, PreActBottleneck, projection
 
 EXPANSION = Bottleneck.expansion
 STAGE_STRIDES = (1, 2, 2, 2)
 STAGE_PLANES = (1, 2, 4, 8)  # multiples of the base width
+# The residual block. v1.5: torchvision's post-activation bottleneck (He et al. 2016, stride on the 3×3 conv),
+# a ReLU after every addition. preact: the pre-activation bottleneck (He et al. 2016b) as the official ε-ResNet
+# ImageNet code builds it, the ε gate on the last convolution's raw output (suite/models/preact.py).
+BLOCK_DOCS = {
+    "v1.5": "post-activation (torchvision V1.5)",
+    "preact": "pre-activation (He et al. 2016b)",
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class ArchSpec:
     epsilon: float | None = None
     side_head: bool = False
     kept: tuple[tuple[int, ...], ...] | None = field(default=None)
+    block: str = "v1.5"  # suite/vocab.py BLOCKS
 
     def kept_blocks(self) -> tuple[tuple[int, ...], ...]:
         return self.kept if self.kept is not None else tuple(tuple(range(n)) for n in self.layers)
@@ -83,6 +94,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
 
+        preact = arch.block == "preact"
         inplanes = w
         side_at = sum(arch.layers) // 2 - 1  # the middle block, counted over the unpruned network
         self._side_after: tuple[int, int] | None = None
@@ -90,17 +102,21 @@ class ResNet(nn.Module):
             zip(arch.layers, arch.kept_blocks(), STAGE_PLANES, STAGE_STRIDES, strict=True)
         ):
             planes = w * mult
-            downsample = nn.Sequential(
-                conv1x1(inplanes, planes * EXPANSION, stride), nn.BatchNorm2d(planes * EXPANSION)
-            )
+            if preact:
+                downsample = projection(inplanes, planes * EXPANSION, stride)
+            else:
+                downsample = nn.Sequential(
+                    conv1x1(inplanes, planes * EXPANSION, stride), nn.BatchNorm2d(planes * EXPANSION)
+                )
             blocks: list[nn.Module] = []
             for j in range(n_blocks):
                 if j not in kept:
                     if j == 0:
-                        blocks.append(ShortcutOnly(downsample))
+                        own_bn = nn.BatchNorm2d(inplanes) if preact and s > 0 else None
+                        blocks.append(ShortcutOnly(downsample, preact_bn=own_bn, relu_after=not preact))
                     continue
                 blocks.append(
-                    self._block(inplanes if j == 0 else planes * EXPANSION, planes, j, stride, downsample)
+                    self._block(inplanes if j == 0 else planes * EXPANSION, planes, s, j, stride, downsample)
                 )
                 first_global = sum(arch.layers[:s])
                 if arch.side_head and first_global + j == side_at:
@@ -110,15 +126,25 @@ class ResNet(nn.Module):
         if self._side_after is not None:
             side_channels = w * STAGE_PLANES[self._side_after[0]] * EXPANSION
             self.side = SideHead(side_channels, arch.num_classes)
+        if preact:
+            # The pre-activation network's last blocks end on an addition: one BN-ReLU before the pooling.
+            self.final_bn = nn.BatchNorm2d(inplanes)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(inplanes, arch.num_classes)
         self._init_weights()
 
-    def _block(self, inplanes: int, planes: int, j: int, stride: int, downsample: nn.Module) -> nn.Module:
-        kwargs = {"stride": stride, "downsample": downsample} if j == 0 else {}
+    def _block(
+        self, inplanes: int, planes: int, s: int, j: int, stride: int, downsample: nn.Module
+    ) -> nn.Module:
+        kwargs: dict = {"stride": stride, "downsample": downsample} if j == 0 else {}
+        if self.arch.block == "preact":
+            kwargs["preact"] = "branch" if j > 0 else "both" if s > 0 else "none"
+            plain, gated = PreActBottleneck, EpsilonPreActBottleneck
+        else:
+            plain, gated = Bottleneck, EpsilonBottleneck
         if self.arch.epsilon is None:
-            return Bottleneck(inplanes, planes, **kwargs)
-        return EpsilonBottleneck(inplanes, planes, epsilon=self.arch.epsilon, **kwargs)
+            return plain(inplanes, planes, **kwargs)
+        return gated(inplanes, planes, epsilon=self.arch.epsilon, **kwargs)
 
     def _init_weights(self) -> None:
         # torchvision's initialisation (He et al. 2015, fan-out), so a width-64 model is torchvision's model.
@@ -141,19 +167,23 @@ class ResNet(nn.Module):
                 x = block(x)
                 if self.training and self._side_after == (s, j):
                     side_logits = self.side(x)
+        if hasattr(self, "final_bn"):
+            x = self.relu(self.final_bn(x))
         logits = self.fc(torch.flatten(self.avgpool(x), 1))
         return logits if side_logits is None else (logits, side_logits)
 
-    # ε-ResNet helpers -----------------------------------------------------------------------------------
-    def gated_blocks(self) -> list[tuple[int, int, EpsilonBottleneck]]:
-        """(stage, original block index, block) for every ε-gated block."""
+    def full_blocks(self) -> list[tuple[int, int, nn.Module]]:
+        """(stage, original block index, block) for every block with its residual branch (not purged)."""
         out = []
         for s, (stage, kept) in enumerate(zip(self.stages, self.arch.kept_blocks(), strict=True)):
             full = [m for m in stage if not isinstance(m, ShortcutOnly)]
-            for j, block in zip(kept, full, strict=True):
-                if isinstance(block, EpsilonBottleneck):
-                    out.append((s, j, block))
+            out.extend((s, j, block) for j, block in zip(kept, full, strict=True))
         return out
+
+    # ε-ResNet helpers -----------------------------------------------------------------------------------
+    def gated_blocks(self) -> list[tuple[int, int, EpsilonGated]]:
+        """(stage, original block index, block) for every ε-gated block."""
+        return [(s, j, b) for s, j, b in self.full_blocks() if isinstance(b, EpsilonGated)]
 
     def set_epsilon(self, epsilon: float | None) -> None:
         """Change ε in place; None disables the gate (ε warm-up trains the plain network first)."""
@@ -173,6 +203,12 @@ class ResNet(nn.Module):
     def blocks_gated_off(self) -> int:
         """Hard count: blocks whose gate was 0 on the latest batch."""
         return sum(int(block.gated_off) for _, _, block in self.gated_blocks())
+
+
+def branch_end(block: nn.Module) -> nn.Module:
+    """The module whose output is the block's residual branch F: the last BN (v1.5) or the last convolution
+    (pre-activation), which the ε gate reads and a zero-initialised residual starts at 0."""
+    return block.conv3 if isinstance(block, PreActBottleneck) else block.bn3
 
 
 def split_outputs(output: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
