@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import update_bn
 
 from suite.distributed import Placement, all_reduce_max, all_reduce_sum
+from suite.models.probe import BlockProbe
 
 
 class _Tally:
@@ -54,31 +55,40 @@ class EvalResult:
     loss: float
     images: int  # over all ranks: every image of the split exactly once
     always_off: list[tuple[int, int]]  # ε blocks gated off on every batch of every rank
+    # Per block in network order (suite/models/probe.py): max |F| and ‖F‖ / ‖x‖ over the split.
+    block_branch_max_abs: list[float | None]
+    block_branch_rel_norm: list[float | None]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, placement: Placement, dtype: torch.dtype) -> EvalResult:
-    """Top-1/top-5 over a whole held-out split (each rank its disjoint shard, counts summed)."""
+    """Top-1/top-5 over a whole held-out split (each rank its disjoint shard, counts summed), and how close
+    each block is to the identity on it."""
     was_training = model.training
     model.eval()
     blocks = _gated(model)
     off = torch.ones(len(blocks), dtype=torch.bool)
     tally = _Tally()
+    probe = BlockProbe(model)
     try:
-        for images, labels in loader:
-            images = images.to(placement.device, dtype, non_blocking=True)
-            labels = labels.to(placement.device, non_blocking=True)
-            tally.add(model(images).float(), labels)
-            if blocks:
-                off &= torch.tensor([bool(b.gated_off) for _, _, b in blocks])
+        with probe:
+            for images, labels in loader:
+                images = images.to(placement.device, dtype, non_blocking=True)
+                labels = labels.to(placement.device, non_blocking=True)
+                tally.add(model(images).float(), labels)
+                if blocks:
+                    off &= torch.tensor([bool(b.gated_off) for _, _, b in blocks])
     finally:
         model.train(was_training)
+    max_abs, rel_norm = probe.results()
     correct1, correct5, count, loss_sum, *off_counts = all_reduce_sum(
         [*tally.values(), *off.float().tolist()], placement.device
     )
     world = torch.distributed.get_world_size()
     always_off = [(s, j) for (s, j, _), n in zip(blocks, off_counts, strict=True) if n == world]
-    return EvalResult(*_fractions(correct1, correct5, count, loss_sum), int(count), always_off)
+    return EvalResult(
+        *_fractions(correct1, correct5, count, loss_sum), int(count), always_off, max_abs, rel_norm
+    )
 
 
 @dataclass

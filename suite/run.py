@@ -119,6 +119,7 @@ def _attempt(
         "num_classes": info.num_classes,
         "small_stem": spec.small_stem,
         "block": spec.block,
+        "shortcuts": spec.variant != "plain",
     }
     model = build_model(
         arch=spec.model_arch,

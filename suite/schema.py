@@ -309,6 +309,19 @@ CURVE_COLUMNS: tuple[Column, ...] = (
     Column("epsilon", pa.float64(), "ε in force during the epoch (null: gate disabled, ε warm-up)"),
     Column("images_per_s", pa.float64(), "training images/s over all ranks during the epoch"),
     Column("elapsed_s", pa.float64(), "seconds since the run started, at the end of the epoch", False),
+    Column(
+        "block_branch_max_abs",
+        pa.list_(pa.float64()),
+        "per block in network order (purged blocks absent): max |F| of its residual branch over the select"
+        " split after the epoch, before the gate (÷ ε: how near the gate is to switching it off); plain"
+        " networks: of B(x) − x, null where the block changes the shape",
+    ),
+    Column(
+        "block_branch_rel_norm",
+        pa.list_(pa.float64()),
+        "per block in network order: ‖F‖ / ‖x‖ over the select split after the epoch, F the residual branch"
+        " and x the block's input (plain networks: ‖B(x) − x‖ / ‖x‖, null where the block changes the shape)",
+    ),
 )
 
 

@@ -34,7 +34,7 @@ from suite.vocab import (
 class RunSpec:
     # model
     arch: str = "resnet50"  # depth: resnet50 | resnet101 | resnet152
-    variant: str = "resnet"  # suite/vocab.py VARIANTS: resnet | eps | posthoc | scratch
+    variant: str = "resnet"  # suite/vocab.py VARIANTS: resnet | eps | posthoc | scratch | plain
     # ε of the gate (eps); for scratch and `purge_blocks: match` it names the ε-ResNet parent instead.
     epsilon: float | None = None
     # Epochs trained with the gate off first (see suite/trainer.py: why); null: 1, or 0 for a 1-epoch run.
@@ -182,6 +182,11 @@ class RunSpec:
         )
         check(
             self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be ≥ 1 or null"
+        )
+        check(
+            not (self.variant == "plain" and self.zero_init_residual),
+            "zero_init_residual: true with variant 'plain': a plain block has no shortcut, so a zeroed last BN"
+            " makes it output zeros, not its input; accepted: zero_init_residual: false for plain",
         )
         check_image_size(self.image_size, small_stem=self.small_stem)
         check(

@@ -263,6 +263,8 @@ class Trainer:
                 "epsilon": eps,
                 "images_per_s": samples * self.placement.world_size / max(epoch_time, 1e-9),
                 "elapsed_s": state.elapsed_s,
+                "block_branch_max_abs": result.block_branch_max_abs,
+                "block_branch_rel_norm": result.block_branch_rel_norm,
             }
             state.curves.append(point)
             state.epoch = epoch + 1

@@ -20,6 +20,7 @@ VARIANT_DOCS = {
     "eps": "ε-ResNet",
     "posthoc": "plain ResNet, purged after training",
     "scratch": "its ε parent's pruned architecture, re-trained from scratch",
+    "plain": "the same stacks without shortcuts (He et al. 2016's plain network)",
 }
 VARIANTS = tuple(VARIANT_DOCS)
 BLOCKS = tuple(BLOCK_DOCS)  # v1.5 | preact: the residual block (suite/models/resnet.py declares them)

@@ -26,6 +26,7 @@ from suite.models import (
     rebuild_without,
     split_outputs,
 )
+from suite.models.probe import BlockProbe
 from suite.models.resnet import branch_end
 from suite.vocab import BLOCKS
 
@@ -282,3 +283,86 @@ def test_models_cli_json(capsys):
         # and the parameters differ only by BN scales and shifts.
         assert pre["flops"] == post["flops"]
         assert pre["params"] == PREACT_PARAMS[depth]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_a_plain_network_has_no_shortcut_and_no_gate(block):
+    torch.manual_seed(0)
+    plain = build_model(
+        arch="resnet50", width=4, num_classes=3, small_stem=True, block=block, shortcuts=False
+    )
+    assert not plain.arch.shortcuts and all(b.downsample is None for _, _, b in plain.full_blocks())
+    assert count_params(plain) < count_params(
+        build_model(arch="resnet50", width=4, num_classes=3, block=block)
+    )
+    # With its branch zeroed a block outputs zeros, not its input: nothing bypasses it.
+    _force_off(plain, [(0, 1)])
+    seen = {}
+    plain.layer1[1].register_forward_hook(lambda m, i, o: seen.update(out=o))
+    logits = plain(torch.randn(2, 3, 16, 16))
+    assert not seen["out"].any()
+    logits.sum().backward()
+    with pytest.raises(UserError, match="without shortcuts: the ε gate switches a block to its shortcut"):
+        build_model(arch="eps_resnet50", epsilon=0.1, shortcuts=False)
+
+
+def _branch_outputs(model, x):
+    """F of every full block, taken directly from the module that ends its branch."""
+    found = []
+    handles = [
+        branch_end(b).register_forward_hook(lambda m, i, o: found.append(o.detach().double()))
+        for _, _, b in model.full_blocks()
+    ]
+    inputs = []
+    handles += [
+        b.register_forward_pre_hook(lambda m, a: inputs.append(a[0].double()))
+        for _, _, b in model.full_blocks()
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return found, inputs
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_the_block_probe_measures_each_branch_and_the_plain_networks_distance_from_the_identity(block):
+    torch.manual_seed(0)
+    model = build_model(
+        arch="eps_resnet50", epsilon=0.5, width=4, num_classes=3, small_stem=True, block=block
+    )
+    _force_off(model, [(1, 2)])
+    x = torch.randn(4, 3, 16, 16)
+    model = _calibrated(model, x)
+    with BlockProbe(model) as probe, torch.no_grad():
+        model(x[:2])
+        model(x[2:])
+    max_abs, rel = probe.results()
+    f, inputs = _branch_outputs(model, x)
+    assert len(max_abs) == len(rel) == 16
+    assert max_abs == pytest.approx([t.abs().max().item() for t in f], rel=1e-6)
+    assert rel == pytest.approx(
+        [(t.norm() / i.norm()).item() for t, i in zip(f, inputs, strict=True)], rel=1e-5
+    )
+    assert (
+        max_abs[5] == 0.0 and rel[5] == 0.0
+    )  # the forced block: layer2's third is the sixth in network order
+
+    plain = _calibrated(
+        build_model(arch="resnet50", width=4, num_classes=3, small_stem=True, block=block, shortcuts=False), x
+    )
+    with BlockProbe(plain) as probe, torch.no_grad():
+        out = {}
+        plain.layer1[1].register_forward_hook(lambda m, i, o: out.update(x=i[0], y=o))
+        plain(x)
+    max_abs, rel = probe.results()
+    firsts = [0, 3, 7, 13]  # stage-first blocks change the shape: B(x) − x is undefined there
+    assert (
+        [i for i, v in enumerate(rel) if v is None]
+        == firsts
+        == [i for i, v in enumerate(max_abs) if v is None]
+    )
+    diff = (out["y"] - out["x"]).double()
+    assert max_abs[1] == pytest.approx(diff.abs().max().item()) and rel[1] == pytest.approx(
+        (diff.norm() / out["x"].double().norm()).item()
+    )

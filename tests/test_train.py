@@ -85,6 +85,12 @@ def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks, gate_sync, block):
     assert [c["epoch"] for c in curves] == [0, 1]
     assert curves[1]["loss"] < curves[0]["loss"]  # it learns
     assert curves[0]["epsilon"] is None and curves[1]["epsilon"] == 0.5  # ε warm-up, then the gate
+    for c in curves:  # where identities form: one value per block, in network order
+        assert len(c["block_branch_max_abs"]) == len(c["block_branch_rel_norm"]) == 16
+        assert all(v >= 0 for v in c["block_branch_max_abs"] + c["block_branch_rel_norm"])
+    # A block discarded at the end was gated off on every select batch: its max |F| was within ε there.
+    for b in row["blocks_removed"]:
+        assert curves[-1]["block_branch_max_abs"][b] <= 0.5
     assert 0 <= row["top1"] <= 1 and 0 <= row["top1_select"] <= 1 and 0 <= row["top1_gated"] <= 1
     # The deployed network is measured on the whole test split (shapes: 2,100 images in val/).
     assert row["test_images"] == 2100
@@ -98,6 +104,20 @@ def test_eps_resnet_trains_and_writes_rows(tmp_path, ranks, gate_sync, block):
     got = duckdb.sql(f"SELECT run_id, status, params_total FROM read_parquet('{files}')").fetchall()
     assert got == [(row["run_id"], "ok", row["params_total"])]
     assert "global batch" in proc.stdout and proc.stdout.count("global batch") == 1  # printed once, by rank 0
+
+
+def test_a_plain_network_trains_and_its_curves_say_how_far_each_block_is_from_the_identity(tmp_path):
+    config = write_config(tmp_path, variant="plain", block="preact")
+    proc = run_one(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert row["status"] == "ok" and row["variant"] == "plain" and row["block"] == "preact"
+    assert row["params_active"] == row["params_total"] and row["gate_sync"] is None
+    curves = read_curves(tmp_path / "results", "t").to_pylist()
+    for c in curves:
+        rel = c["block_branch_rel_norm"]
+        assert [i for i, v in enumerate(rel) if v is None] == [0, 3, 7, 13]  # the stage-first blocks
+        assert all(v > 0 for v in rel if v is not None)
 
 
 def test_an_imagefolder_run_reports_top1_on_exactly_the_images_of_val(tmp_path):

@@ -36,6 +36,7 @@ class PreActBottleneck(nn.Module):
         downsample: nn.Module | None = None,
         *,
         preact: str = "branch",
+        shortcut: bool = True,
     ):
         super().__init__()
         if preact not in PREACT_MODES:
@@ -51,6 +52,7 @@ class PreActBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
+        self.add_input = shortcut  # False: a plain (no-shortcut) block, out = F(x)
 
     def residual(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(F, shortcut) of the input x."""
@@ -62,7 +64,7 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         f, shortcut = self.residual(x)
-        return f + shortcut
+        return f + shortcut if self.add_input else f
 
 
 class EpsilonPreActBottleneck(EpsilonGated, PreActBottleneck):

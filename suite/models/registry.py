@@ -50,6 +50,7 @@ def arch_spec(
     side_head: bool | None = None,
     removed: tuple[int, ...] = (),
     block: str = "v1.5",
+    shortcuts: bool = True,
 ) -> ArchSpec:
     """Validate the arguments of `build_model` and return the architecture description."""
     check(arch in ARCHITECTURES, f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
@@ -68,6 +69,10 @@ def arch_spec(
             f"epsilon={epsilon!r} given for {arch}, which has no ε gate; use {EPS_PREFIX}{arch}",
         )
     check(block in BLOCKS, f"block {block!r}; accepted: {', '.join(BLOCKS)}")
+    check(
+        shortcuts or not entry.gated,
+        f"{arch} without shortcuts: the ε gate switches a block to its shortcut; accepted: {entry.depth}",
+    )
     layers = STAGE_DEPTHS[entry.depth]
     check(
         all(0 <= b < sum(layers) for b in removed),
@@ -83,6 +88,7 @@ def arch_spec(
         side_head=entry.gated if side_head is None else side_head,
         kept=kept_without(layers, removed) if removed else None,
         block=block,
+        shortcuts=shortcuts,
     )
 
 
@@ -114,6 +120,7 @@ def build_model(
     side_head: bool | None = None,
     removed: tuple[int, ...] = (),
     block: str = "v1.5",
+    shortcuts: bool = True,
 ) -> ResNet:
     """Build a registered architecture.
 
@@ -128,7 +135,8 @@ def build_model(
     ε-ResNet's side supervision. `removed` builds the network without those blocks (numbered over the whole
     network, `block_numbers`), freshly initialised: a pruned architecture trained from scratch.
     `block` picks the residual block (suite/vocab.py BLOCKS); with `preact`, `zero_init_residual` zeroes
-    each block's last convolution instead, the pre-activation branch having no BN after it.
+    each block's last convolution instead, the pre-activation branch having no BN after it. `shortcuts=False`
+    builds the plain network: the same stacks with no shortcut (He et al. 2016, Sec. 4.1).
     """
     model = ResNet(
         arch_spec(
@@ -140,6 +148,7 @@ def build_model(
             side_head=side_head,
             removed=removed,
             block=block,
+            shortcuts=shortcuts,
         )
     )
     if zero_init_residual:

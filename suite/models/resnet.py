@@ -47,6 +47,9 @@ class ArchSpec:
     side_head: bool = False
     kept: tuple[tuple[int, ...], ...] | None = field(default=None)
     block: str = "v1.5"  # suite/vocab.py BLOCKS
+    shortcuts: bool = (
+        True  # False: the plain network, the same stacks without shortcuts (He et al. 2016, Sec. 4.1)
+    )
 
     def kept_blocks(self) -> tuple[tuple[int, ...], ...]:
         return self.kept if self.kept is not None else tuple(tuple(range(n)) for n in self.layers)
@@ -95,6 +98,10 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
         preact = arch.block == "preact"
+        if not arch.shortcuts and (arch.epsilon is not None or any(0 not in k for k in arch.kept_blocks())):
+            raise ValueError(
+                "a plain network has no shortcut to gate or to keep in a purged stage-first block"
+            )
         inplanes = w
         side_at = sum(arch.layers) // 2 - 1  # the middle block, counted over the unpruned network
         self._side_after: tuple[int, int] | None = None
@@ -137,9 +144,15 @@ class ResNet(nn.Module):
         self, inplanes: int, planes: int, s: int, j: int, stride: int, downsample: nn.Module
     ) -> nn.Module:
         kwargs: dict = {"stride": stride, "downsample": downsample} if j == 0 else {}
+        if not self.arch.shortcuts:
+            kwargs.pop("downsample", None)
         if self.arch.block == "preact":
             kwargs["preact"] = "branch" if j > 0 else "both" if s > 0 else "none"
+            if not self.arch.shortcuts:
+                kwargs["shortcut"] = False
             plain, gated = PreActBottleneck, EpsilonPreActBottleneck
+        elif not self.arch.shortcuts:
+            plain, gated = PlainBottleneck, None
         else:
             plain, gated = Bottleneck, EpsilonBottleneck
         if self.arch.epsilon is None:
@@ -203,6 +216,17 @@ class ResNet(nn.Module):
     def blocks_gated_off(self) -> int:
         """Hard count: blocks whose gate was 0 on the latest batch."""
         return sum(int(block.gated_off) for _, _, block in self.gated_blocks())
+
+
+class PlainBottleneck(Bottleneck):
+    """The V1.5 bottleneck without its shortcut: relu(F(x)), the plain network's block (He et al. 2016, Sec.
+    4.1, the plain baselines of the degradation experiment); a stage's first block changes the shape through
+    its convolutions alone."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)))
 
 
 def branch_end(block: nn.Module) -> nn.Module:
