@@ -120,6 +120,7 @@ def _attempt(
         "small_stem": spec.small_stem,
         "block": spec.block,
         "shortcuts": spec.variant != "plain",
+        "stochastic_depth": spec.variant == "stochdepth",
     }
     model = build_model(
         arch=spec.model_arch,

@@ -310,6 +310,17 @@ CURVE_COLUMNS: tuple[Column, ...] = (
     Column("images_per_s", pa.float64(), "training images/s over all ranks during the epoch"),
     Column("elapsed_s", pa.float64(), "seconds since the run started, at the end of the epoch", False),
     Column(
+        "active_depth_expected",
+        pa.float64(),
+        "stochdepth: blocks expected to run per training step in the epoch (the sum of the survival"
+        " probabilities, averaged over its steps); null for other variants",
+    ),
+    Column(
+        "active_depth_measured",
+        pa.float64(),
+        "stochdepth: blocks that ran per training step in the epoch (drawn, counted); null for other variants",
+    ),
+    Column(
         "block_branch_max_abs",
         pa.list_(pa.float64()),
         "per block in network order (purged blocks absent): max |F| of its residual branch over the select"

@@ -19,6 +19,7 @@ from suite.vocab import (
     AUGMENTS,
     BLOCKS,
     DECODES,
+    DEPTH_SCHEDULES,
     GATE_SYNCS,
     LAUNCHERS,
     PRECISIONS,
@@ -48,6 +49,10 @@ class RunSpec:
     # posthoc: blocks closest to the identity to remove, or "match": as many as the ε parent discarded
     purge_blocks: int | str = 0
     finetune_epochs: int = 0  # posthoc: epochs of fine-tuning after the purge
+    # stochdepth: the last block's survival probability (Huang et al. 2016's p_L), and how it changes over
+    # training (suite/vocab.py DEPTH_SCHEDULES: constant | restore)
+    survival_last: float = 0.5
+    depth_schedule: str = "constant"
     block: str = "v1.5"  # suite/vocab.py BLOCKS: v1.5 (post-activation) | preact (pre-activation)
     width: int = 64
     small_stem: bool = False
@@ -182,6 +187,25 @@ class RunSpec:
         )
         check(
             self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be ≥ 1 or null"
+        )
+        check(
+            self.depth_schedule in DEPTH_SCHEDULES,
+            f"depth_schedule {self.depth_schedule!r}; accepted: {', '.join(DEPTH_SCHEDULES)}",
+        )
+        check(0 < self.survival_last <= 1, f"survival_last must be in (0, 1], got {self.survival_last}")
+        check(
+            self.variant == "stochdepth" or (self.survival_last == 0.5 and self.depth_schedule == "constant"),
+            f"survival_last/depth_schedule given for variant {self.variant!r}; accepted: variant 'stochdepth'",
+        )
+        check(
+            self.variant != "stochdepth" or self.zero_stage == 0,
+            f"variant 'stochdepth' with zero_stage {self.zero_stage}: a dropped branch leaves its parameters"
+            " without a gradient in that step, which only the ZeRO-0 path fills with zeros; accepted: zero_stage 0",
+        )
+        check(
+            not (self.compile and self.variant == "stochdepth"),
+            "compile: true with variant 'stochdepth': every mini-batch draws another sub-network, which"
+            " torch.compile would recompile; accepted: compile: false for stochdepth",
         )
         check(
             not (self.variant == "plain" and self.zero_init_residual),

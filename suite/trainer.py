@@ -23,6 +23,7 @@ from suite.data.loaders import Loaders
 from suite.distributed import Placement, all_reduce_sum
 from suite.evaluation import EvalResult, evaluate
 from suite.models import ResNet, split_outputs
+from suite.models.stochastic import survival_probabilities
 from suite.optim import Schedule, param_groups
 from suite.spec import RunSpec
 
@@ -116,7 +117,9 @@ class Trainer:
             lr_scheduler=scheduler,
             config=deepspeed_config(spec, micro_batch, grad_accum, placement.world_size),
         )
-        if placement.world_size == 1 and spec.zero_stage == 0:
+        # Stochastic depth leaves a dropped branch without gradients; the all-reduce fills them with zeros
+        # (DeepSpeed's engine), so weight decay and momentum act on every parameter at 1 rank as at N.
+        if placement.world_size == 1 and spec.zero_stage == 0 and spec.variant != "stochdepth":
             # A one-rank all-reduce averages each gradient with itself: DeepSpeed flattens, reduces and copies
             # back every gradient anyway (1.5 % of a CPU step, measured); it skips this itself without a
             # process group, which this run always has.
@@ -179,6 +182,15 @@ class Trainer:
         self.model.set_epsilon(eps)
         return eps
 
+    def set_survival_for(self, step: int) -> float:
+        """Stochastic depth: every block's survival probability for training step `step` (the schedule runs
+        to the last step, where `restore` reaches 1); returns the expected number of blocks run."""
+        progress = (step + 1) / (self.steps_per_epoch * self.epochs)
+        blocks = len(self.model.full_blocks())
+        p = survival_probabilities(blocks, self.spec.survival_last, self.spec.depth_schedule, progress)
+        self.model.set_survival(p)
+        return sum(p)
+
     def train_epochs(self, state: TrainState, first_epoch: int, run_start: float) -> EvalResult:
         spec, engine, meter = self.spec, self.engine, self.meter
         result = None
@@ -187,6 +199,11 @@ class Trainer:
                 continue  # resumed past it
             eps = self.set_epsilon_for(epoch)
             agree_gates = eps is not None and spec.gate_sync == "local"
+            depth = self.model.depth_draw
+            if depth is not None:
+                depth.reseed(spec.seed * 1_000_003 + epoch)  # the same draws on every rank, and on a resume
+                depth.take_count()
+                expected_sum = 0.0
             self.loaders.set_epoch(epoch)
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.placement.device)
             nonfinite = torch.zeros((), dtype=torch.bool, device=self.placement.device)
@@ -199,6 +216,8 @@ class Trainer:
                     if faults.active()
                     else None
                 )
+                if depth is not None:
+                    expected_sum += self.set_survival_for(state.step)
                 images = images.to(
                     self.placement.device, self.dtype, non_blocking=True, memory_format=self.memory_format
                 )
@@ -265,7 +284,13 @@ class Trainer:
                 "elapsed_s": state.elapsed_s,
                 "block_branch_max_abs": result.block_branch_max_abs,
                 "block_branch_rel_norm": result.block_branch_rel_norm,
+                "active_depth_expected": None,
+                "active_depth_measured": None,
             }
+            if depth is not None:
+                ran, passes = depth.take_count()
+                point["active_depth_expected"] = expected_sum / self.steps_per_epoch
+                point["active_depth_measured"] = ran / max(passes, 1)
             state.curves.append(point)
             state.epoch = epoch + 1
             path = self.save(state)

@@ -21,12 +21,16 @@ VARIANT_DOCS = {
     "posthoc": "plain ResNet, purged after training",
     "scratch": "its ε parent's pruned architecture, re-trained from scratch",
     "plain": "the same stacks without shortcuts (He et al. 2016's plain network)",
+    "stochdepth": "stochastic depth (Huang et al. 2016): branches dropped per mini-batch in training",
 }
 VARIANTS = tuple(VARIANT_DOCS)
 BLOCKS = tuple(BLOCK_DOCS)  # v1.5 | preact: the residual block (suite/models/resnet.py declares them)
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2)
 SCHEDULES = ("cosine", "step")
+# Stochastic depth's survival over training (suite/models/stochastic.py): constant is Huang et al.'s rule;
+# restore starts at survival_last and gives every block back by the end of training.
+DEPTH_SCHEDULES = ("constant", "restore")
 DECODES = ("cpu", "gpu")  # where JPEGs are decoded and augmented (suite/data/device_decode.py)
 # Training augmentation of decoded images. random_resized_crop: ImageNet's (Szegedy et al. 2015; torchvision's
 # references), evaluated on a resized centre crop. pad_crop: the one He et al. 2016 (Sec. 4.2) use for CIFAR's

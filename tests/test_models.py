@@ -28,6 +28,7 @@ from suite.models import (
 )
 from suite.models.probe import BlockProbe
 from suite.models.resnet import branch_end
+from suite.models.stochastic import survival_probabilities
 from suite.vocab import BLOCKS
 
 # torchvision's published parameter counts for its V1.5 ResNets.
@@ -366,3 +367,52 @@ def test_the_block_probe_measures_each_branch_and_the_plain_networks_distance_fr
     assert max_abs[1] == pytest.approx(diff.abs().max().item()) and rel[1] == pytest.approx(
         (diff.norm() / out["x"].double().norm()).item()
     )
+
+
+def test_stochastic_depth_survival_follows_huangs_linear_decay_and_restore_gives_every_block_back():
+    constant = survival_probabilities(16, 0.5, "constant", 0.3)
+    assert constant[0] == pytest.approx(1 - 0.5 / 16) and constant[-1] == pytest.approx(0.5)
+    assert survival_probabilities(16, 0.5, "restore", 0.0) == survival_probabilities(16, 0.5, "constant", 0.9)
+    assert survival_probabilities(16, 0.5, "restore", 1.0) == [1.0] * 16
+    assert survival_probabilities(16, 0.5, "restore", 0.5)[-1] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_a_dropped_block_is_its_shortcut_and_at_test_time_its_branch_is_scaled(block):
+    torch.manual_seed(0)
+    model = build_model(
+        arch="resnet50", width=4, num_classes=3, small_stem=True, block=block, stochastic_depth=True
+    )
+    x = torch.randn(2, 3, 16, 16)
+    model = _calibrated(model, x)  # eval mode, every survival 1 so far
+    target = model.layer2[0]  # a stage-first block: its shortcut is the projection
+    f, shortcut = {}, {}
+    branch_end(target).register_forward_hook(lambda m, i, o: f.update(out=o))
+    target.downsample.register_forward_hook(lambda m, i, o: shortcut.update(out=o))
+    seen = {}
+    target.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    with torch.no_grad():
+        model(x)
+        full = seen["out"].clone()
+        post = block == "v1.5"
+        assert torch.allclose(
+            full, (f["out"] + shortcut["out"]).relu() if post else f["out"] + shortcut["out"]
+        )
+        model.set_survival([0.25] * 16)
+        model(x)  # test time: F scaled by p
+        scaled = f["out"] * 0.25 + shortcut["out"]
+        assert torch.allclose(seen["out"], scaled.relu() if post else scaled)
+        model.set_survival([0.0] * 16)
+        model.train()
+        f.clear()
+        model.depth_draw.take_count()  # forget _calibrated's passes
+        model(x)  # training with p = 0: every block dropped, its branch never computed
+        assert f == {} and model.depth_draw.take_count() == (0, 1)
+        assert torch.equal(seen["out"], shortcut["out"].relu() if post else shortcut["out"])
+    # Two networks reseeded alike draw alike (the ranks of one run).
+    draws = []
+    for _ in range(2):
+        model.set_survival([0.5] * 16)
+        model.depth_draw.reseed(7)
+        draws.append([model.depth_draw.keep(0.5) for _ in range(50)])
+    assert draws[0] == draws[1] and 10 < sum(draws[0]) < 40

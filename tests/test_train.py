@@ -120,6 +120,25 @@ def test_a_plain_network_trains_and_its_curves_say_how_far_each_block_is_from_th
         assert all(v > 0 for v in rel if v is not None)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "restore"])
+def test_stochastic_depth_trains_and_records_the_expected_and_the_measured_active_depth(tmp_path, schedule):
+    config = write_config(tmp_path, variant="stochdepth", depth_schedule=schedule, steps_per_epoch=30)
+    proc = run_one(tmp_path, config, ranks=2 if schedule == "restore" else 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert row["status"] == "ok" and row["variant"] == "stochdepth"
+    curves = read_curves(tmp_path / "results", "t").to_pylist()
+    expected = [c["active_depth_expected"] for c in curves]
+    measured = [c["active_depth_measured"] for c in curves]
+    # Huang's linear decay to p_L = 0.5 over 16 blocks: 16 − 0.5 · (1 + … + 16) / 16 = 11.75 blocks a step.
+    if schedule == "constant":
+        assert expected == pytest.approx([11.75, 11.75])
+    else:  # restore: p_L climbs from 0.5 to 1 over the 60 steps, so each epoch expects more than the last
+        assert 11.75 < expected[0] < expected[1] < 16
+    for e, m in zip(expected, measured, strict=True):
+        assert abs(m - e) < 1.5  # 30 draws of each block: the mean's sd is about 0.3 blocks
+
+
 def test_an_imagefolder_run_reports_top1_on_exactly_the_images_of_val(tmp_path):
     from tests.data_trees import make_tree
 

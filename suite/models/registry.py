@@ -51,6 +51,7 @@ def arch_spec(
     removed: tuple[int, ...] = (),
     block: str = "v1.5",
     shortcuts: bool = True,
+    stochastic_depth: bool = False,
 ) -> ArchSpec:
     """Validate the arguments of `build_model` and return the architecture description."""
     check(arch in ARCHITECTURES, f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
@@ -73,6 +74,11 @@ def arch_spec(
         shortcuts or not entry.gated,
         f"{arch} without shortcuts: the ε gate switches a block to its shortcut; accepted: {entry.depth}",
     )
+    check(
+        not stochastic_depth or (shortcuts and not entry.gated),
+        f"stochastic depth on {arch}{'' if shortcuts else ' without shortcuts'}: it drops a block to its"
+        f" shortcut; accepted: {entry.depth} with shortcuts",
+    )
     layers = STAGE_DEPTHS[entry.depth]
     check(
         all(0 <= b < sum(layers) for b in removed),
@@ -89,6 +95,7 @@ def arch_spec(
         kept=kept_without(layers, removed) if removed else None,
         block=block,
         shortcuts=shortcuts,
+        stochastic_depth=stochastic_depth,
     )
 
 
@@ -121,6 +128,7 @@ def build_model(
     removed: tuple[int, ...] = (),
     block: str = "v1.5",
     shortcuts: bool = True,
+    stochastic_depth: bool = False,
 ) -> ResNet:
     """Build a registered architecture.
 
@@ -136,7 +144,8 @@ def build_model(
     network, `block_numbers`), freshly initialised: a pruned architecture trained from scratch.
     `block` picks the residual block (suite/vocab.py BLOCKS); with `preact`, `zero_init_residual` zeroes
     each block's last convolution instead, the pre-activation branch having no BN after it. `shortcuts=False`
-    builds the plain network: the same stacks with no shortcut (He et al. 2016, Sec. 4.1).
+    builds the plain network: the same stacks with no shortcut (He et al. 2016, Sec. 4.1); `stochastic_depth`
+    blocks that drop their branch per mini-batch (Huang et al. 2016; suite/models/stochastic.py).
     """
     model = ResNet(
         arch_spec(
@@ -149,6 +158,7 @@ def build_model(
             removed=removed,
             block=block,
             shortcuts=shortcuts,
+            stochastic_depth=stochastic_depth,
         )
     )
     if zero_init_residual:

@@ -17,6 +17,7 @@ from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
 
 from suite.models.epsilon import EpsilonBottleneck, EpsilonGated, ShortcutOnly, SideHead, agree_gates
 from suite.models.preact import EpsilonPreActBottleneck, PreActBottleneck, projection
+from suite.models.stochastic import DepthDraw, StochasticBottleneck, StochasticPreActBottleneck
 
 EXPANSION = Bottleneck.expansion
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -47,9 +48,9 @@ class ArchSpec:
     side_head: bool = False
     kept: tuple[tuple[int, ...], ...] | None = field(default=None)
     block: str = "v1.5"  # suite/vocab.py BLOCKS
-    shortcuts: bool = (
-        True  # False: the plain network, the same stacks without shortcuts (He et al. 2016, Sec. 4.1)
-    )
+    # False: the plain network, the same stacks without shortcuts (He et al. 2016, Sec. 4.1)
+    shortcuts: bool = True
+    stochastic_depth: bool = False  # blocks dropped per mini-batch in training (suite/models/stochastic.py)
 
     def kept_blocks(self) -> tuple[tuple[int, ...], ...]:
         return self.kept if self.kept is not None else tuple(tuple(range(n)) for n in self.layers)
@@ -102,6 +103,8 @@ class ResNet(nn.Module):
             raise ValueError(
                 "a plain network has no shortcut to gate or to keep in a purged stage-first block"
             )
+        if arch.stochastic_depth and (arch.epsilon is not None or not arch.shortcuts):
+            raise ValueError("stochastic depth drops a block to its shortcut, ungated")
         inplanes = w
         side_at = sum(arch.layers) // 2 - 1  # the middle block, counted over the unpruned network
         self._side_after: tuple[int, int] | None = None
@@ -139,6 +142,10 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(inplanes, arch.num_classes)
         self._init_weights()
+        self.depth_draw = DepthDraw() if arch.stochastic_depth else None
+        for _, _, block in self.full_blocks():
+            if isinstance(block, (StochasticBottleneck, StochasticPreActBottleneck)):
+                block.draw = self.depth_draw
 
     def _block(
         self, inplanes: int, planes: int, s: int, j: int, stride: int, downsample: nn.Module
@@ -155,6 +162,8 @@ class ResNet(nn.Module):
             plain, gated = PlainBottleneck, None
         else:
             plain, gated = Bottleneck, EpsilonBottleneck
+        if self.arch.stochastic_depth:
+            plain = StochasticPreActBottleneck if self.arch.block == "preact" else StochasticBottleneck
         if self.arch.epsilon is None:
             return plain(inplanes, planes, **kwargs)
         return gated(inplanes, planes, epsilon=self.arch.epsilon, **kwargs)
@@ -173,6 +182,8 @@ class ResNet(nn.Module):
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if self.training and self.depth_draw is not None:
+            self.depth_draw.passes += 1
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         side_logits = None
         for s, stage in enumerate(self.stages):
@@ -192,6 +203,14 @@ class ResNet(nn.Module):
             full = [m for m in stage if not isinstance(m, ShortcutOnly)]
             out.extend((s, j, block) for j, block in zip(kept, full, strict=True))
         return out
+
+    def set_survival(self, probabilities: list[float]) -> None:
+        """Stochastic depth: each block's survival probability p_l, in network order."""
+        blocks = self.full_blocks()
+        if len(probabilities) != len(blocks):
+            raise ValueError(f"{len(probabilities)} survival probabilities for {len(blocks)} blocks")
+        for (_, _, block), p in zip(blocks, probabilities, strict=True):
+            block.survival = float(p)
 
     # ε-ResNet helpers -----------------------------------------------------------------------------------
     def gated_blocks(self) -> list[tuple[int, int, EpsilonGated]]:

@@ -19,8 +19,8 @@ from suite.vocab import ARCHS, VARIANTS, depth_title
 
 DEPTH_COLORS = dict(zip(ARCHS, ("#2563eb", "#ea580c", "#16a34a"), strict=True))
 OTHER_COLORS = ("#7c3aed", "#0891b2", "#be123c", "#4d7c0f")
-MARKERS = dict(zip(VARIANTS, ("o", "^", "s", "D", "v"), strict=True))
-LINESTYLES = dict(zip(VARIANTS, ("-", "--", ":", "-.", (0, (1, 3))), strict=True))
+MARKERS = dict(zip(VARIANTS, ("o", "^", "s", "D", "v", "P"), strict=True))
+LINESTYLES = dict(zip(VARIANTS, ("-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))), strict=True))
 SERIES_COLORS = ("#2563eb", "#ea580c", "#16a34a", "#7c3aed", "#0891b2", "#be123c", "#a16207", "#475569")
 DPI = 100
 
