@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suite.files import write_atomic
-from suite.report import compare, environment, plots, sections, stats
+from suite.report import compare, environment, identity, plots, sections, stats
 from suite.report.data import Config, Inputs, aggregate_configs, load
 from suite.report.document import Document
 from suite.report.html import render_html
@@ -71,6 +71,8 @@ def build_document(analysis: Analysis) -> Document:
             sections.launchers(analysis.launcher_pairs, configs),
             sections.failed(configs, many_grids),
             environment.provenance(inputs, configs, many_grids),
+            identity.identity_section(configs, inputs.curves, many_grids),
+            identity.degradation_section(configs, inputs.curves),
         ],
     )
 

@@ -25,20 +25,20 @@ SERIES_COLORS = ("#2563eb", "#ea580c", "#16a34a", "#7c3aed", "#0891b2", "#be123c
 DPI = 100
 
 
-def _style(fig: MplFigure) -> None:
+def style_axes(fig: MplFigure) -> None:
     for ax in fig.axes:
         ax.grid(True, alpha=0.3, linewidth=0.6)
         ax.spines[["top", "right"]].set_visible(False)
 
 
-def _png(fig: MplFigure) -> bytes:
+def png_bytes(fig: MplFigure) -> bytes:
     buf = io.BytesIO()
     # No timestamp in the PNG metadata: the same results give byte-identical figures.
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
 
 
-def _color(arch: str) -> str:
+def depth_color(arch: str) -> str:
     if arch in DEPTH_COLORS:
         return DEPTH_COLORS[arch]
     # crc32, not hash(): str hashes change between processes, colours must not.
@@ -56,7 +56,7 @@ def pareto_plot(configs: list[Config], front: list[Config]) -> Figure | None:
     for c in points:
         families.setdefault((c.grid, c.arch, c.variant, c.family), []).append(c)
     for (_, arch, variant, family), members in families.items():
-        color, marker = _color(arch), MARKERS.get(variant, "D")
+        color, marker = depth_color(arch), MARKERS.get(variant, "D")
         runs = [
             r for c in members for r in c.ok_runs if r["params_active"] is not None and r["top1"] is not None
         ]
@@ -121,9 +121,9 @@ def pareto_plot(configs: list[Config], front: list[Config]) -> Figure | None:
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Top-1 vs active parameters")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
-    _style(fig)
+    style_axes(fig)
     return Figure(
-        _png(fig),
+        png_bytes(fig),
         alt="Scatter plot of test top-1 accuracy against active parameters per run, with the Pareto front",
         caption="Small markers: runs; large markers joined by lines: configuration means of one family. Colour: "
         "depth; marker and line style: ResNet (○, solid), ε-ResNet (△, dashed), post-hoc purged (□, dotted), "
@@ -186,9 +186,9 @@ def scaling_plot(series: list[compare.ScalingSeries]) -> Figure | None:
     eff.axhline(100, color="grey", linestyle=":", linewidth=1)
     eff.set_title("Efficiency")
     fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=9)
-    _style(fig)
+    style_axes(fig)
     return Figure(
-        _png(fig),
+        png_bytes(fig),
         alt="Line plots of training images per second and scaling efficiency against the number of devices",
         caption="Images/s vs devices: lines join configuration means, dots are runs, dotted lines are ideal "
         "linear scaling; red rings mark runs that resumed at another world size.",
@@ -236,9 +236,9 @@ def curves_plot(curve_list: list[compare.Curve]) -> Figure | None:
         # Lower right of the top-1 panel: accuracy starts low at the left, so that corner stays empty.
         top1_ax.legend(handles=loss_ax.get_lines(), fontsize=8, loc="lower right", framealpha=0.9)
     fig.tight_layout()
-    _style(fig)
+    style_axes(fig)
     return Figure(
-        _png(fig),
+        png_bytes(fig),
         alt="Training loss, select top-1 and active blocks per epoch, one row per depth",
         caption="One line per configuration; line style: ResNet solid, ε-ResNet dashed, post-hoc purged dotted.",
     )
