@@ -119,7 +119,7 @@ def _attempt(
         "num_classes": info.num_classes,
         "small_stem": spec.small_stem,
         "block": spec.block,
-        "shortcuts": spec.variant != "plain",
+        "shortcuts": spec.shortcuts,
         "stochastic_depth": spec.variant == "stochdepth",
     }
     model = build_model(

@@ -22,6 +22,7 @@ from suite.vocab import (
     DEPTH_SCHEDULES,
     GATE_SYNCS,
     LAUNCHERS,
+    POSTHOC_OF,
     PRECISIONS,
     PURGE_MATCH,
     SCHEDULES,
@@ -49,6 +50,9 @@ class RunSpec:
     # posthoc: blocks closest to the identity to remove, or "match": as many as the ε parent discarded
     purge_blocks: int | str = 0
     finetune_epochs: int = 0  # posthoc: epochs of fine-tuning after the purge
+    # posthoc: the network it purges, resnet or plain (no shortcuts: blocks that keep their input's shape are
+    # ranked by ‖B(x) − x‖ / ‖x‖ and replaced by the identity)
+    posthoc_of: str = "resnet"
     # stochdepth: the last block's survival probability (Huang et al. 2016's p_L), and how it changes over
     # training (suite/vocab.py DEPTH_SCHEDULES: constant | restore)
     survival_last: float = 0.5
@@ -148,6 +152,14 @@ class RunSpec:
             self.variant == "posthoc" or (self.purge_blocks == 0 and self.finetune_epochs == 0),
             "purge_blocks/finetune_epochs apply to variant 'posthoc' only",
         )
+        check(
+            self.posthoc_of in POSTHOC_OF,
+            f"posthoc_of {self.posthoc_of!r}; accepted: {', '.join(POSTHOC_OF)}",
+        )
+        check(
+            self.variant == "posthoc" or self.posthoc_of == "resnet",
+            f"posthoc_of {self.posthoc_of!r} given for variant {self.variant!r}; accepted: variant 'posthoc'",
+        )
         if self.variant == "eps" or self.has_parent:
             who = "variant 'eps'" if self.variant == "eps" else f"variant {self.variant!r} with a parent"
             check(self.epsilon is not None, f"{who} needs epsilon (a float ≥ 0)")
@@ -208,7 +220,7 @@ class RunSpec:
             " torch.compile would recompile; accepted: compile: false for stochdepth",
         )
         check(
-            not (self.variant == "plain" and self.zero_init_residual),
+            self.shortcuts or not self.zero_init_residual,
             "zero_init_residual: true with variant 'plain': a plain block has no shortcut, so a zeroed last BN"
             " makes it output zeros, not its input; accepted: zero_init_residual: false for plain",
         )
@@ -305,7 +317,19 @@ class RunSpec:
         fields. A grid that has it hands its final checkpoint over instead (`RunContext.trained_by`)."""
         if self.variant != "posthoc":
             return None
-        return replace(self, variant="resnet", epsilon=None, purge_blocks=0, finetune_epochs=0)
+        return replace(
+            self,
+            variant=self.posthoc_of,
+            posthoc_of="resnet",
+            epsilon=None,
+            purge_blocks=0,
+            finetune_epochs=0,
+        )
+
+    @property
+    def shortcuts(self) -> bool:
+        """Whether the network trained has shortcuts: all but the plain network and its post-hoc purges."""
+        return self.variant != "plain" and not (self.variant == "posthoc" and self.posthoc_of == "plain")
 
     @property
     def world_size(self) -> int:

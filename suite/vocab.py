@@ -47,7 +47,11 @@ LAUNCHERS = ("ray", "torchrun", "srun", "local")
 DIRECT_LAUNCHERS = ("torchrun", "srun")  # what a Ray launch is compared against
 # Children copy a decision of their ε-ResNet parent (its discards), so they run after it (launchers/grid.py).
 CHILD_VARIANTS = ("scratch", "posthoc")
-PURGE_MATCH = "match"  # posthoc purge_blocks: as many blocks as the ε parent discarded
+PURGE_MATCH = "match"
+POSTHOC_OF = (
+    "resnet",
+    "plain",
+)  # the network a posthoc run purges (suite/spec.py posthoc_of)  # posthoc purge_blocks: as many blocks as the ε parent discarded
 # How the data-parallel ranks of an ε-ResNet take each gate decision in training. step: s is all-reduced with
 # MAX in every gated block's forward pass, so every rank gates alike (one collective per block per step, on
 # the critical path). local: each rank gates on its own shard's s, as the official code's per-GPU towers do

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -416,3 +417,23 @@ def test_a_dropped_block_is_its_shortcut_and_at_test_time_its_branch_is_scaled(b
         model.depth_draw.reseed(7)
         draws.append([model.depth_draw.keep(0.5) for _ in range(50)])
     assert draws[0] == draws[1] and 10 < sum(draws[0]) < 40
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_a_plain_network_is_purged_of_the_shape_keeping_blocks_closest_to_the_identity(block):
+    torch.manual_seed(0)
+    plain = build_model(
+        arch="resnet50", width=4, num_classes=3, small_stem=True, block=block, shortcuts=False
+    )
+    x = torch.randn(4, 3, 16, 16)
+    plain = _calibrated(plain, x)
+    result = purge_closest_to_identity(plain, [(x, None)], k=3)
+    # Candidates: the 12 blocks that keep their input's shape; the stage-first ones cannot be the identity.
+    assert sorted(result.scores) == [(s, j) for s, n in enumerate((3, 4, 6, 3)) for j in range(1, n)]
+    assert len(result.removed) == 3 and all(j > 0 for _, j in result.removed)
+    # The purged network is the plain one with those blocks replaced by the identity.
+    expected = copy.deepcopy(plain)
+    for s, j in result.removed:
+        expected.stages[s][j] = torch.nn.Identity()
+    with torch.no_grad():
+        assert torch.equal(result.model.eval()(x), expected.eval()(x))

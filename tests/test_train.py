@@ -139,6 +139,17 @@ def test_stochastic_depth_trains_and_records_the_expected_and_the_measured_activ
         assert abs(m - e) < 1.5  # 30 draws of each block: the mean's sd is about 0.3 blocks
 
 
+def test_a_plain_network_purged_post_hoc_and_fine_tuned(tmp_path):
+    config = write_config(tmp_path, variant="posthoc", posthoc_of="plain", purge_blocks=4, finetune_epochs=1)
+    proc = run_one(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = only_row(tmp_path)
+    assert row["status"] == "ok" and row["blocks_discarded"] == 4
+    first_of_stage = {0, 3, 7, 13}
+    assert not first_of_stage & set(row["blocks_removed"])  # only blocks that keep their input's shape
+    assert row["params_active"] < row["params_total"]
+
+
 def test_an_imagefolder_run_reports_top1_on_exactly_the_images_of_val(tmp_path):
     from tests.data_trees import make_tree
 

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from suite.models.probe import BlockProbe
 from suite.models.resnet import ArchSpec, ResNet, branch_end
 
 
@@ -116,6 +117,8 @@ def identity_scores(model: ResNet, data: Iterable) -> dict[tuple[int, int], floa
     F is the residual branch (before the gate and the addition); the shortcut is x or the projection (for a
     pre-activation stage-first block, of BN-ReLU(x)). Small values mean the block adds little to what passes through it.
     """
+    if not model.arch.shortcuts:
+        return _plain_identity_scores(model, data)
     names = {block: (s, j) for s, j, block in model.full_blocks()}
     branch_sq = dict.fromkeys(names.values(), 0.0)
     through_sq = dict.fromkeys(names.values(), 0.0)
@@ -146,6 +149,23 @@ def identity_scores(model: ResNet, data: Iterable) -> dict[tuple[int, int], floa
         for h in handles:
             h.remove()
     return {k: (branch_sq[k] / max(through_sq[k], 1e-30)) ** 0.5 for k in names.values()}
+
+
+def _plain_identity_scores(model: ResNet, data: Iterable) -> dict[tuple[int, int], float]:
+    """A plain network's candidates: ‖B(x) − x‖ / ‖x‖ of every block that keeps its input's shape (suite/models/
+    probe.py), over every rank's images; a stage-first block changes the shape and cannot become the identity."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with BlockProbe(model) as probe:
+            for batch in data:
+                model(_images(batch).to(device))
+    finally:
+        model.train(was_training)
+    _, rel = probe.results()
+    keys = [(s, j) for s, j, _ in model.full_blocks()]
+    return {key: v for key, v in zip(keys, rel, strict=True) if v is not None}
 
 
 def purge_closest_to_identity(model: ResNet, data: Iterable, k: int) -> PruneResult:

@@ -146,11 +146,12 @@ def model_label(
     side_head: bool = False,
     lr_reset: bool = True,
     block: str = "v1.5",
+    shortcutless: bool = False,
 ) -> str:
     """One line that tells every arm apart: the side head, the LR restarts and the ε parent are named when
     they differ from the arm's default (side head on for ε-ResNet only, restarts on), and the block when it is
     not V1.5."""
-    depth = _depth_name(arch, variant, block)
+    depth = _depth_name(arch, variant == "plain" or shortcutless, block)
     if variant == "eps":
         text = f"ε-{depth}, ε = {fmt_eps(epsilon)}" if epsilon is not None else f"ε-{depth}"
         return text + ("" if lr_reset else ", no LR restarts") + ("" if side_head else ", no side head")
@@ -164,16 +165,18 @@ def model_label(
     return base
 
 
-def _depth_name(arch: str, variant: str, block: str) -> str:
+def _depth_name(arch: str, plain: bool, block: str) -> str:
     """`ResNet-50`, `Plain-50` for the network without shortcuts (He et al. 2016's name), each with
     ` pre-act` for the pre-activation block."""
-    name = f"Plain-{arch.removeprefix('resnet')}" if variant == "plain" else depth_title(arch)
+    name = f"Plain-{arch.removeprefix('resnet')}" if plain else depth_title(arch)
     return name + (" pre-act" if block == "preact" else "")
 
 
-def family_label(arch: str, variant: str, side_head: bool = False, block: str = "v1.5") -> str:
+def family_label(
+    arch: str, variant: str, side_head: bool = False, block: str = "v1.5", shortcutless: bool = False
+) -> str:
     """The line a configuration belongs to in the plots: one per depth, block and arm."""
-    depth = _depth_name(arch, variant, block)
+    depth = _depth_name(arch, variant == "plain" or shortcutless, block)
     if variant == "eps":
         return f"ε-{depth}"
     base = depth + (" + side head" if side_head else "")
@@ -322,8 +325,15 @@ def aggregate_configs(runs: list[dict]) -> list[Config]:
                     side_head=side_head,
                     lr_reset=lr_reset,
                     block=spec.get("block", "v1.5"),
+                    shortcutless=spec.get("posthoc_of") == "plain",
                 ),
-                family=family_label(first["arch"], first["variant"], side_head, spec.get("block", "v1.5")),
+                family=family_label(
+                    first["arch"],
+                    first["variant"],
+                    side_head,
+                    spec.get("block", "v1.5"),
+                    spec.get("posthoc_of") == "plain",
+                ),
                 runs=tuple(rows),
                 ok_runs=tuple(ok),
                 params_total=summarize(r["params_total"] for r in ok),
