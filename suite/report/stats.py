@@ -26,7 +26,9 @@ CONFIDENCE = 0.95
 # Spec keys that make an arm what it is; the setup an arm shares with its plain ResNet is everything else
 # (depth, width, image size, data, epochs, schedule, batch, cluster, launcher, grid). Each one is inert in a
 # plain ResNet without a side head (ε and its warm-up, the side loss's weight, the LR restarts on discards,
-# the purge), so dropping them leaves exactly the plain ResNet's setup.
+# the purge and what it purges, how ranks share the gate, stochastic depth's survival), so dropping them
+# leaves exactly the plain ResNet's setup. The block is not among them: an arm pairs with the ResNet of its
+# own block.
 ARM_KEYS = (
     "variant",
     "epsilon",
@@ -36,6 +38,10 @@ ARM_KEYS = (
     "lr_reset_on_discard",
     "purge_blocks",
     "finetune_epochs",
+    "posthoc_of",
+    "gate_sync",
+    "survival_last",
+    "depth_schedule",
 )
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
 
