@@ -88,6 +88,41 @@ def test_four_point_grid_with_a_failing_point(tmp_path):
     assert leftovers == []
 
 
+def test_the_questions_arms_run_on_ray_and_their_curves_say_where_identities_form(tmp_path):
+    grid = grid_file(
+        tmp_path,
+        """
+        axes:
+          arch: [resnet50]
+        points:
+          - {variant: resnet}
+          - {variant: plain}
+          - {variant: stochdepth, depth_schedule: constant}
+          - {variant: stochdepth, depth_schedule: restore}
+          - {variant: resnet, block: preact}
+          - {variant: eps, block: preact, epsilon: 0.5, gate_sync: local}
+        """,
+    )
+    results = tmp_path / "results"
+    proc = resnet_bench("run", str(grid), "--results", str(results))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = {(r["variant"], r["block"], r["gate_sync"]): r for r in rows(results)}
+    assert all(r["status"] == "ok" and r["world_size"] == 2 for r in got.values()), got
+    assert set(got) == {("resnet", "v1.5", None), ("plain", "v1.5", None), ("stochdepth", "v1.5", None),
+                        ("resnet", "preact", None), ("eps", "preact", "local")} and len(rows(results)) == 6  # fmt: skip
+    curves = read_curves(results, "g").to_pylist()
+    assert len(curves) == 6 * 2
+    variant_of = {r["run_id"]: r["variant"] for r in rows(results)}
+    for c in curves:
+        assert len(c["block_branch_max_abs"]) == len(c["block_branch_rel_norm"]) == 16
+        stochastic = variant_of[c["run_id"]] == "stochdepth"
+        assert (c["active_depth_measured"] is not None) == stochastic
+        assert (c["active_depth_expected"] is not None) == stochastic
+    report = (results / "g" / "report.md").read_text()
+    assert "| Plain-50 | v1.5 |" in report  # section 9: the plain network against its residual twin
+    assert "ε-ResNet-50 pre-act" in report
+
+
 SHORT_DEFAULT = """
 import sys
 from pathlib import Path

@@ -23,10 +23,13 @@ from suite.models.resnet import ResNet, branch_end
 class BlockProbe:
     """Forward hooks that accumulate each block's max |F|, ‖F‖² and ‖x‖² while a model evaluates."""
 
-    def __init__(self, model: ResNet):
-        self.blocks = [block for _, _, block in model.full_blocks()]
-        self.plain = not model.arch.shortcuts
-        device = next(model.parameters()).device
+    def __init__(self, model: nn.Module):
+        # Any module evaluates; only a ResNet has blocks to measure (tests evaluate stand-in models too).
+        blocks = model.full_blocks() if isinstance(model, ResNet) else []
+        self.blocks = [block for _, _, block in blocks]
+        self.plain = isinstance(model, ResNet) and not model.arch.shortcuts
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
         n = len(self.blocks)
         self.max_abs = torch.zeros(n, dtype=torch.float64, device=device)
         self.squares = torch.zeros(2, n, dtype=torch.float64, device=device)  # ‖F‖², ‖x‖²
