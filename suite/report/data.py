@@ -147,6 +147,7 @@ def model_label(
     lr_reset: bool = True,
     block: str = "v1.5",
     shortcutless: bool = False,
+    depth_schedule: str = "constant",
 ) -> str:
     """One line that tells every arm apart: the side head, the LR restarts and the ε parent are named when
     they differ from the arm's default (side head on for ε-ResNet only, restarts on), and the block when it is
@@ -162,6 +163,8 @@ def model_label(
         return f"{base} purged, k = {k}{tune}"
     if variant == "scratch":
         return f"{base} from scratch at {parent_name(arch, epsilon, lr_reset)} architecture"
+    if variant == "stochdepth":
+        return f"{base}, stochastic depth ({depth_schedule})"
     return base
 
 
@@ -180,7 +183,11 @@ def family_label(
     if variant == "eps":
         return f"ε-{depth}"
     base = depth + (" + side head" if side_head else "")
-    return {"posthoc": f"{base} purged", "scratch": f"{base} from scratch"}.get(variant, base)
+    return {
+        "posthoc": f"{base} purged",
+        "scratch": f"{base} from scratch",
+        "stochdepth": f"{base}, stochastic depth",
+    }.get(variant, base)
 
 
 @dataclass(frozen=True)
@@ -326,6 +333,7 @@ def aggregate_configs(runs: list[dict]) -> list[Config]:
                     lr_reset=lr_reset,
                     block=spec.get("block", "v1.5"),
                     shortcutless=spec.get("posthoc_of") == "plain",
+                    depth_schedule=spec.get("depth_schedule", "constant"),
                 ),
                 family=family_label(
                     first["arch"],

@@ -19,7 +19,7 @@ from suite.report.document import DASH, Figure, Paragraph, Section, Table, fmt_p
 from suite.report.plots import depth_color, png_bytes, style_axes
 from suite.vocab import ARCHS, depth_title
 
-MAX_HEATMAPS = 12  # one per configuration; a grid of 45 points would otherwise bury the report
+MAX_HEATMAPS = 24  # one per configuration; a grid of 45 points would otherwise bury the report
 
 
 def _by_run(curve_rows: list[dict]) -> dict[str, list[dict]]:
