@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from suite.data import registry as data_backends
 from suite.errors import UserError, check, suggest
 from suite.models.registry import EPS_PREFIX, STAGE_DEPTHS, check_image_size
 from suite.results import check_name
+from suite.spec_types import check_field_types
 from suite.vocab import (
     AUGMENTS,
     BLOCKS,
@@ -117,7 +117,7 @@ class RunSpec:
     launcher: str = "ray"
 
     def __post_init__(self):
-        _check_types(self)
+        check_field_types(self)
         check(self.arch in STAGE_DEPTHS, f"arch {self.arch!r} unknown; accepted: {', '.join(STAGE_DEPTHS)}")
         check(self.variant in VARIANTS, f"variant {self.variant!r} unknown; accepted: {', '.join(VARIANTS)}")
         check(self.block in BLOCKS, f"block {self.block!r} unknown; accepted: {', '.join(BLOCKS)}")
@@ -361,44 +361,3 @@ class RunSpec:
         if isinstance(d.get("step_milestones"), list):
             d["step_milestones"] = tuple(d["step_milestones"])
         return cls(**d)
-
-
-def _type_ok(value, annotation: str) -> bool:
-    allowed = {
-        "str": (str,),
-        "int": (int,),
-        "float": (int, float),
-        "bool": (bool,),
-    }
-    if value is None:
-        return "None" in annotation
-    if annotation == "int | str":
-        return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-    if annotation.startswith("tuple"):
-        return isinstance(value, (tuple, list)) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        )
-    for name, types in allowed.items():
-        if annotation.startswith(name) and isinstance(value, types):
-            # bool is an int in Python; a YAML `yes` must not pass for a number (or a number for a flag).
-            return name == "bool" or not isinstance(value, bool)
-    return False
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float (YAML reads 1e400 as inf, but 10**400 as int)
-        return False
-
-
-def _check_types(spec: RunSpec) -> None:
-    for f in fields(spec):
-        value = getattr(spec, f.name)
-        if not _type_ok(value, str(f.type)):
-            raise UserError(f"{f.name} must be {f.type}, got {value!r} ({type(value).__name__})")
-        # YAML's .inf and .nan are floats and pass the type check; the range checks below would let inf
-        # through (lr > 0, epsilon ≥ 0) and word nan's refusal as a range error. Every float field, generically.
-        if str(f.type).startswith("float") and value is not None and not _finite(value):
-            accepted = "a finite number" + (" or null" if "None" in str(f.type) else "")
-            raise UserError(f"{f.name}={value!r} is not a finite number; accepted: {accepted}")

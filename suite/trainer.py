@@ -186,7 +186,7 @@ class Trainer:
         """Stochastic depth: every block's survival probability for training step `step` (the schedule runs
         to the last step, where `restore` reaches 1); returns the expected number of blocks run."""
         progress = (step + 1) / (self.steps_per_epoch * self.epochs)
-        blocks = len(self.model.full_blocks())
+        blocks = sum(self.model.arch.layers)  # stochastic depth never trains a pruned network
         p = survival_probabilities(blocks, self.spec.survival_last, self.spec.depth_schedule, progress)
         self.model.set_survival(p)
         return sum(p)
@@ -204,6 +204,9 @@ class Trainer:
                 depth.reseed(spec.seed * 1_000_003 + epoch)  # the same draws on every rank, and on a resume
                 depth.take_count()
                 expected_sum = 0.0
+                # constant: the same probabilities all epoch, set once; restore: they change every step.
+                per_step = self.set_survival_for(state.step)
+                redraw = spec.depth_schedule == "restore"
             self.loaders.set_epoch(epoch)
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.placement.device)
             nonfinite = torch.zeros((), dtype=torch.bool, device=self.placement.device)
@@ -217,7 +220,7 @@ class Trainer:
                     else None
                 )
                 if depth is not None:
-                    expected_sum += self.set_survival_for(state.step)
+                    expected_sum += self.set_survival_for(state.step) if redraw else per_step
                 images = images.to(
                     self.placement.device, self.dtype, non_blocking=True, memory_format=self.memory_format
                 )

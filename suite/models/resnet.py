@@ -19,6 +19,8 @@ from suite.models.epsilon import EpsilonBottleneck, EpsilonGated, ShortcutOnly, 
 from suite.models.preact import EpsilonPreActBottleneck, PreActBottleneck, projection
 from suite.models.stochastic import DepthDraw, StochasticBottleneck, StochasticPreActBottleneck
 
+StochasticBlocks = (StochasticBottleneck, StochasticPreActBottleneck)
+
 EXPANSION = Bottleneck.expansion
 STAGE_STRIDES = (1, 2, 2, 2)
 STAGE_PLANES = (1, 2, 4, 8)  # multiples of the base width
@@ -143,9 +145,11 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(inplanes, arch.num_classes)
         self._init_weights()
         self.depth_draw = DepthDraw() if arch.stochastic_depth else None
-        for _, _, block in self.full_blocks():
-            if isinstance(block, (StochasticBottleneck, StochasticPreActBottleneck)):
-                block.draw = self.depth_draw
+        # Set up once: the training step sets survivals and agrees gates without walking the stages.
+        self._stochastic = [b for _, _, b in self.full_blocks() if isinstance(b, StochasticBlocks)]
+        for block in self._stochastic:
+            block.draw = self.depth_draw
+        self._local_gates: list[EpsilonGated] = []
 
     def _block(
         self, inplanes: int, planes: int, s: int, j: int, stride: int, downsample: nn.Module
@@ -206,10 +210,11 @@ class ResNet(nn.Module):
 
     def set_survival(self, probabilities: list[float]) -> None:
         """Stochastic depth: each block's survival probability p_l, in network order."""
-        blocks = self.full_blocks()
-        if len(probabilities) != len(blocks):
-            raise ValueError(f"{len(probabilities)} survival probabilities for {len(blocks)} blocks")
-        for (_, _, block), p in zip(blocks, probabilities, strict=True):
+        if len(probabilities) != len(self._stochastic):
+            raise ValueError(
+                f"{len(probabilities)} survival probabilities for {len(self._stochastic)} blocks"
+            )
+        for block, p in zip(self._stochastic, probabilities, strict=True):
             block.survival = float(p)
 
     # ε-ResNet helpers -----------------------------------------------------------------------------------
@@ -224,13 +229,15 @@ class ResNet(nn.Module):
 
     def set_gate_sync(self, gate_sync: str) -> None:
         """suite/vocab.py GATE_SYNCS: `step` all-reduces each gate in the forward pass, `local` does not."""
-        for _, _, block in self.gated_blocks():
+        gated = [block for _, _, block in self.gated_blocks()]
+        for block in gated:
             block.synchronize = gate_sync == "step"
+        self._local_gates = gated if gate_sync == "local" else []
 
     def agree_gates(self) -> None:
         """After a training forward pass under gate_sync: local, make the gate bookkeeping common to the ranks
         in one collective (suite/models/epsilon.py `agree_gates`)."""
-        agree_gates([block for _, _, block in self.gated_blocks()])
+        agree_gates(self._local_gates)
 
     def blocks_gated_off(self) -> int:
         """Hard count: blocks whose gate was 0 on the latest batch."""
