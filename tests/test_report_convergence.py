@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
+from scipy.stats import t as student_t
 
 from suite.report import build_report
 from suite.results import write_run
@@ -46,3 +48,52 @@ def test_the_headline_says_whether_the_plain_resnet_converged(tmp_path, curve, v
 
 def test_too_short_a_curve_gets_no_convergence_line(tmp_path):
     assert "Convergence of the plain" not in write_grid(tmp_path, "g", [0.3, 0.5, 0.6])
+
+
+def write_budget(results, grid: str, epochs: int, top1s: list[float]) -> None:
+    for repeat, top1 in enumerate(top1s):
+        spec = RunSpec(grid=grid, epochs=epochs, repeat=repeat, seed=repeat)
+        write_run(results, ok_row(spec, epochs=epochs, top1=top1), [])
+
+
+@pytest.mark.parametrize(
+    "longer, verdict, meaning",
+    [
+        ([0.92, 0.95, 0.90], "no significant difference", "so 8 epochs were enough for it."),
+        ([0.97, 0.99, 0.95], "better", "so at 8 epochs it had not converged"),
+    ],
+)
+def test_a_longer_twin_in_a_companion_grid_tells_whether_the_budget_was_enough(
+    tmp_path, longer, verdict, meaning
+):
+    shorter = [0.91, 0.96, 0.88]
+    write_budget(tmp_path, "g", 8, shorter)
+    write_budget(tmp_path, "g-budget", 12, longer)
+    markdown = build_report(tmp_path, grids=["g", "g-budget"]).markdown.read_text()
+    diffs = [a - b for a, b in zip(longer, shorter, strict=True)]
+    mean = statistics.fmean(diffs) * 100
+    half = student_t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3) * 100
+    assert (
+        f"Budget check of the plain ResNet-50 at 8 epochs: trained 12 epochs (grid g-budget), the same "
+        f"configuration's test top-1 changes by {mean:+.1f} ± {half:.1f} pp (12 − 8 epochs, paired by repeat, "
+        f"3 pairs, mean ± 95 % t-interval): {verdict}; "
+    ) in markdown
+    assert meaning in markdown
+    assert (
+        markdown.count("Budget check of the plain") == 1
+    )  # the longer twin has none: nothing longer than it
+
+
+def test_a_plain_resnet_with_no_longer_twin_gets_no_budget_line(tmp_path):
+    write_budget(tmp_path, "g", 8, [0.9, 0.8])
+    write_budget(tmp_path, "g", 12, [0.9, 0.8])
+    # the twin differs in more than the budget: another width is another configuration
+    for repeat in range(2):
+        spec = RunSpec(grid="g", epochs=16, width=16, repeat=repeat, seed=repeat)
+        write_run(tmp_path, ok_row(spec, epochs=16, top1=0.95), [])
+    markdown = build_report(tmp_path, grids=["g"]).markdown.read_text()
+    assert markdown.count("Budget check of the plain") == 1
+    assert (
+        "at 8 epochs: trained 12 epochs, the same configuration's test top-1 changes by +0.0 ± 0.0 pp"
+        in markdown
+    )

@@ -5,15 +5,25 @@ Read from the curves, on the select split (the test split decides nothing): the 
 last quarter of training, averaged over the configuration's ok runs, against the select split's own sampling
 error. A gain inside that error is what a flat curve measured on a finite split shows; a larger one means the
 network was still learning when training stopped.
+
+Under a schedule that decays to zero (cosine), the last quarter still trains at up to 15 % of the peak rate, and
+a network that has learnt all it will also gains there from the decay itself. What tells the two apart is the
+budget check: the same plain ResNet trained for more epochs (another configuration, in this grid or a companion
+grid, equal but for `epochs` and `grid`), its test top-1 paired with the shorter run's by repeat. An interval
+covering 0 says the extra epochs bought nothing measurable; one above 0 says the shorter budget had not
+converged.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from dataclasses import dataclass
 
-from suite.report.data import Config
-from suite.report.stats import is_plain
+from suite.report.data import REPEAT_KEYS, Config
+from suite.report.document import fmt_pm
+from suite.report.stats import ARM_KEYS, BETTER, NO_DIFFERENCE, WORSE, Paired, is_plain, pair
 
 Z95 = 1.96
 MIN_EPOCHS = 4  # a quarter of fewer epochs is not a stretch of training
@@ -78,3 +88,55 @@ def sentence(conv: Convergence, title: str) -> str:
         f"Convergence of the plain {title}: select top-1 {rose} over the last quarter of training (epoch "
         f"{conv.first_epoch} → {conv.last_epoch}, {runs}), {verdict}"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+BUDGET_KEYS = ("epochs", "grid")  # what may differ between a plain ResNet and its longer-trained twin
+
+
+def _budget_key(c: Config) -> str:
+    skip = (*ARM_KEYS, *BUDGET_KEYS, *REPEAT_KEYS)
+    return json.dumps(
+        {k: v for k, v in c.spec.items() if k not in skip}, sort_keys=True, separators=(",", ":")
+    )
+
+
+def budget_checks(configs: list[Config]) -> dict[str, Paired]:
+    """Each plain ResNet configuration (by key) against the same configuration at the next longer budget:
+    `Paired.arm` is the longer run, `base` the shorter, the difference longer − shorter test top-1 by repeat
+    (the same repeat has the same seed in both). Plain ResNets with no longer twin are absent."""
+    twins: dict[str, list[Config]] = {}
+    for c in configs:
+        if is_plain(c) and c.ok_runs:
+            twins.setdefault(_budget_key(c), []).append(c)
+    out = {}
+    for group in twins.values():
+        by_epochs: dict[int, Config] = {}
+        for c in group:  # of two twins at one budget (two grids), the first in report order stands for it
+            by_epochs.setdefault(int(c.spec["epochs"]), c)
+        budgets = sorted(by_epochs)
+        for shorter, longer in itertools.pairwise(budgets):
+            out[by_epochs[shorter].key] = pair(by_epochs[longer], by_epochs[shorter])
+    return out
+
+
+def budget_sentence(check: Paired, title: str) -> str:
+    """One line for the headline: did more epochs raise the plain ResNet of `title`?"""
+    short, long = int(check.base.spec["epochs"]), int(check.arm.spec["epochs"])
+    where = f" (grid {check.arm.grid})" if check.arm.grid != check.base.grid else ""
+    lead = f"Budget check of the plain {title} at {short} epochs: trained {long} epochs{where}, the same configuration"
+    if check.diff is None:
+        return f"{lead} has no repeat ok in both runs, so no conclusion."
+    change = (
+        f"{lead}'s test top-1 changes by {fmt_pm(check.diff.mean, check.diff.half, 1, 100, signed=True)} pp "
+        f"({long} − {short} epochs, paired by repeat, {check.pairs} pair{'s' if check.pairs != 1 else ''}"
+    )
+    if check.verdict is None:
+        return f"{change}): no interval, no conclusion."
+    meaning = {
+        BETTER: f"more epochs still raise it, so at {short} epochs it had not converged, and a difference below "
+        "may reflect the budget as much as the architecture.",
+        NO_DIFFERENCE: f"the extra epochs bought nothing measurable, so {short} epochs were enough for it.",
+        WORSE: f"the longer budget did worse, so {short} epochs were not too few.",
+    }[check.verdict]
+    return f"{change}, mean ± 95 % t-interval): {check.verdict}; {meaning}"

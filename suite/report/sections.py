@@ -49,6 +49,7 @@ def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -
     many_grids = len({c.grid for c in ok}) > 1
     by_depth = _by_depth(ok)
     converged = convergence.plain_convergence(ok, inputs.curves)
+    budgets = convergence.budget_checks(ok)
     parents = stats.parent_differences(ok)
     for (g, a), cs in by_depth.items():
         sentences = claims.depth_sentences(_title(g, a, many_grids), cs, paired, parents, many_grids)
@@ -88,6 +89,11 @@ def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -
             Paragraph(convergence.sentence(converged[c.key], depth_title(c.arch)))
             for c in members
             if c.key in converged
+        ]
+        section.blocks += [
+            Paragraph(convergence.budget_sentence(budgets[c.key], depth_title(c.arch)))
+            for c in members
+            if c.key in budgets
         ]
         shared = shared_setup(members)
         if shared:

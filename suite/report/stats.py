@@ -152,11 +152,11 @@ def paired_differences(configs: list[Config]) -> dict[str, Paired]:
         base = plains.get(setup_key(c))
         if is_plain(c) or base is None or not c.ok_runs:
             continue
-        result[c.key] = _pair(c, base)
+        result[c.key] = pair(c, base)
     return result
 
 
-def _pair(arm: Config, base: Config) -> Paired:
+def pair(arm: Config, base: Config) -> Paired:
     """`arm` − `base`, repeat by repeat, over the repeats ok in both."""
     a, b = _top1_by_repeat(arm), _top1_by_repeat(base)
     repeats = tuple(sorted(a.keys() & b.keys()))
@@ -174,5 +174,5 @@ def parent_differences(configs: list[Config]) -> dict[str, Paired]:
         parents = {owner.get(r.get("parent_run_id")) for r in c.ok_runs} - {None}
         if len(parents) != 1:  # no child, or a parent outside these results
             continue
-        result[c.key] = _pair(c, by_key[parents.pop()])
+        result[c.key] = pair(c, by_key[parents.pop()])
     return result
