@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -85,6 +86,27 @@ def test_the_study_grid_has_every_control_at_every_depth_three_times():
     assert {s.dataset for s in specs} == {"shapes"} and {s.augment for s in specs} == {"pad_crop"}
     ids = {s.run_id for s in specs}
     assert all(s.parent.run_id in ids for s in specs if s.has_parent)
+
+
+def test_the_study_budget_grid_is_the_study_s_plain_resnets_trained_longer():
+    from dataclasses import asdict
+
+    from launchers.driver import GRIDS_DIR
+
+    def recipe(spec) -> str:  # everything but the budget, the grid, and what tells the runs apart
+        skip = ("epochs", "grid", "arch", "repeat", "seed")
+        return json.dumps(
+            {k: v for k, v in asdict(spec).items() if k not in skip}, sort_keys=True, default=str
+        )
+
+    study = load_grid(GRIDS_DIR / "study.yaml").specs
+    budget = load_grid(GRIDS_DIR / "study-budget.yaml").specs
+    plain = [s for s in study if s.variant == "resnet" and not s.side_head]
+    assert min(s.epochs for s in budget) > max(s.epochs for s in plain)
+    assert len({recipe(s) for s in [*plain, *budget]}) == 1
+    assert sorted((s.arch, s.repeat, s.seed) for s in budget) == sorted(
+        (s.arch, s.repeat, s.seed) for s in plain
+    )
 
 
 def test_the_imagenet_grid_follows_the_official_eps_resnet_schedule():
