@@ -94,3 +94,22 @@ def test_where_identities_form_lists_the_closest_blocks_and_draws_a_heat_map_per
     plain50 = next(x for x in rows if x.startswith("| Plain-50 |"))
     assert "1 (0.06), 2 (0.07), 4 (0.09)" in plain50  # blocks 0 and 3 change the shape: no value
     assert len(re.findall(r'alt="heat map of ‖F‖/‖x‖ per block and epoch', paths.html.read_text())) == 4
+
+
+def test_a_network_purged_during_its_run_is_measured_in_the_unpruned_network_s_block_order(tmp_path):
+    # A post-hoc run: trained whole (16 blocks), then purged of 3 and fine-tuned, so its last epoch measures 13.
+    removed = [2, 5, 9]
+    whole = [0.5 + b / 100 for b in range(16)]
+    pruned = [v / 10 for b, v in enumerate(whole) if b not in removed]  # the fine-tune shrinks what is left
+    spec = RunSpec(variant="posthoc", purge_blocks=3, finetune_epochs=1, grid=GRID, width=8, epochs=3)
+    row = ok_row(spec, blocks_total=16, blocks_removed=removed, blocks_discarded=3)
+    rels = [whole, whole, pruned]
+    curves = [curve(e, block_branch_rel_norm=rel, block_branch_max_abs=rel) for e, rel in enumerate(rels)]
+    write_run(tmp_path, row, [{**c, "run_id": row["run_id"], "grid": GRID} for c in curves])
+    paths = build_report(tmp_path)
+    text = paths.markdown.read_text()
+    section = text[text.index("## 8. Where identities form") : text.index("## 9. Degradation")]
+    (line,) = [x for x in section.splitlines() if x.startswith("| ResNet-50")]
+    # blocks 0, 1, 3 are the closest of those kept, numbered over the unpruned network; 2 is gone
+    assert "| 16 | 0 (0.05), 1 (0.051), 3 (0.053) | 2, 5, 9 |" in line
+    assert "◀ marks the 3 blocks discarded" in paths.html.read_text()

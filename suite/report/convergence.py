@@ -81,7 +81,8 @@ def sentence(conv: Convergence, title: str) -> str:
         "within the select split's 95 % sampling error of ±{:.1f} pp: it has stopped climbing."
         if conv.converged
         else "more than the select split's 95 % sampling error of ±{:.1f} pp: it was still climbing (or "
-        "rising with the schedule's last decay; the same grid with more epochs tells which), so a difference "
+        "rising with the schedule's last decay; the same configuration trained longer tells which: the budget check"
+        " below, where these results hold one), so a difference "
         "below may reflect the training budget as much as the architecture."
     ).format(conv.noise * 100)
     return (

@@ -30,21 +30,38 @@ def _by_run(curve_rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def _measured_run(c: Config, curves: dict[str, list[dict]]) -> tuple[dict, list[dict]] | None:
-    """The configuration's first ok run (lowest repeat) whose curves carry the per-block measures."""
+    """The configuration's first ok run (lowest repeat) whose curves carry the per-block measures, each
+    epoch's measures in the unpruned network's block order (`_network_order`)."""
     for run in c.ok_runs:
         rows = curves.get(run["run_id"], [])
         if rows and all(r.get("block_branch_rel_norm") for r in rows):
-            return run, rows
+            if c.variant == "scratch":  # trained pruned from the start: its own blocks, every epoch
+                return run, rows
+            return run, [
+                {**r, "block_branch_rel_norm": _network_order(r["block_branch_rel_norm"], run)} for r in rows
+            ]
     return None
 
 
+def _network_order(values: list[float | None], run: dict) -> list[float | None]:
+    """One epoch's per-block measures over the unpruned network's blocks. A network purged during its run
+    (post-hoc: trained whole, fine-tuned pruned) measures fewer blocks after the purge; those are the blocks
+    not in `blocks_removed` (indices over the unpruned network), and the removed ones have no value."""
+    total, removed = run.get("blocks_total") or 0, set(run.get("blocks_removed") or [])
+    if len(values) >= total or len(values) != total - len(removed):
+        return values
+    kept = iter(values)
+    return [None if b in removed else next(kept) for b in range(total)]
+
+
 def _heatmap(c: Config, run: dict, rows: list[dict]) -> Figure:
-    grid = np.array(
-        [
-            [math.nan if v is None or v <= 0 else math.log10(v) for v in r["block_branch_rel_norm"]]
-            for r in rows
-        ]
-    ).T  # blocks × epochs
+    blocks = max(len(r["block_branch_rel_norm"]) for r in rows)  # equal unless the block count is unknown
+    grid = np.full((len(rows), blocks), math.nan)
+    for e, r in enumerate(rows):
+        for b, v in enumerate(r["block_branch_rel_norm"]):
+            if v is not None and v > 0:
+                grid[e, b] = math.log10(v)
+    grid = grid.T  # blocks × epochs
     fig = MplFigure(figsize=(5.2, 0.9 + 0.09 * grid.shape[0]))
     ax = fig.subplots()
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", origin="upper")
