@@ -137,7 +137,8 @@ def budget_sentence(check: Paired, title: str) -> str:
     meaning = {
         BETTER: f"more epochs still raise it, so at {short} epochs it had not converged, and a difference below "
         "may reflect the budget as much as the architecture.",
-        NO_DIFFERENCE: f"the extra epochs bought nothing measurable, so {short} epochs were enough for it.",
+        NO_DIFFERENCE: "the extra epochs bought nothing these pairs can tell from none (a gain of up to "
+        f"{check.diff.high * 100:.1f} pp is as compatible with them), so {short} epochs were enough to that precision.",
         WORSE: f"the longer budget did worse, so {short} epochs were not too few.",
     }[check.verdict]
     return f"{change}, mean ± 95 % t-interval): {check.verdict}; {meaning}"
