@@ -85,8 +85,9 @@ class RunSpec:
     precision: str = "fp32"
     zero_stage: int = 0
     # Speed knobs for GPUs, each recorded in the row (suite/trainer.py). channels_last: NHWC weights and
-    # inputs, which cuDNN's tensor-core convolutions prefer; cudnn_benchmark: autotune the convolutions (GPU
-    # only: a CPU run records false); compile: torch.compile the training model (DeepSpeed's engine.compile).
+    # inputs, which cuDNN's tensor-core convolutions prefer (and oneDNN's on CPU, docs/cpu-study.md);
+    # cudnn_benchmark: autotune the convolutions (GPU only: a CPU run records false); compile: torch.compile
+    # the training model (DeepSpeed's engine.compile).
     # Where JPEGs are decoded and augmented: cpu (loader workers, PIL) or gpu (the device, nvJPEG).
     decode: str = "cpu"
     channels_last: bool = False

@@ -10,8 +10,8 @@ Under a schedule that decays to zero (cosine), the last quarter still trains at 
 a network that has learnt all it will also gains there from the decay itself. What tells the two apart is the
 budget check: the same plain ResNet trained for more epochs (another configuration, in this grid or a companion
 grid, equal but for `epochs` and `grid`), its test top-1 paired with the shorter run's by repeat. An interval
-covering 0 says the extra epochs bought nothing measurable; one above 0 says the shorter budget had not
-converged.
+above 0 says the shorter budget had not converged; one covering 0 bounds what the extra epochs could have
+added by its upper end.
 """
 
 from __future__ import annotations
