@@ -17,13 +17,12 @@ added by its upper end.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 
-from suite.report.data import REPEAT_KEYS, Config
+from suite.report.data import Config
 from suite.report.document import fmt_pm
-from suite.report.stats import ARM_KEYS, BETTER, NO_DIFFERENCE, WORSE, Paired, is_plain, pair
+from suite.report.stats import BETTER, NO_DIFFERENCE, WORSE, Paired, is_plain, pair, setup_key
 
 Z95 = 1.96
 MIN_EPOCHS = 4  # a quarter of fewer epochs is not a stretch of training
@@ -95,13 +94,6 @@ def sentence(conv: Convergence, title: str) -> str:
 BUDGET_KEYS = ("epochs", "grid")  # what may differ between a plain ResNet and its longer-trained twin
 
 
-def _budget_key(c: Config) -> str:
-    skip = (*ARM_KEYS, *BUDGET_KEYS, *REPEAT_KEYS)
-    return json.dumps(
-        {k: v for k, v in c.spec.items() if k not in skip}, sort_keys=True, separators=(",", ":")
-    )
-
-
 def budget_checks(configs: list[Config]) -> dict[str, Paired]:
     """Each plain ResNet configuration (by key) against the same configuration at the next longer budget:
     `Paired.arm` is the longer run, `base` the shorter, the difference longer − shorter test top-1 by repeat
@@ -109,7 +101,7 @@ def budget_checks(configs: list[Config]) -> dict[str, Paired]:
     twins: dict[str, list[Config]] = {}
     for c in configs:
         if is_plain(c) and c.ok_runs:
-            twins.setdefault(_budget_key(c), []).append(c)
+            twins.setdefault(setup_key(c, ignore=BUDGET_KEYS), []).append(c)
     out = {}
     for group in twins.values():
         by_epochs: dict[int, Config] = {}

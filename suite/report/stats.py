@@ -96,9 +96,12 @@ def top1_bar(c: Config) -> tuple[float, float] | None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def setup_key(c: Config) -> str:
-    spec = {k: v for k, v in c.spec.items() if k not in ARM_KEYS and k not in REPEAT_KEYS}
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+def setup_key(c: Config, ignore: tuple[str, ...] = ()) -> str:
+    """The setup an arm shares with its plain ResNet; `ignore`: further spec keys left out (the budget check)."""
+    skip = (*ARM_KEYS, *REPEAT_KEYS, *ignore)
+    return json.dumps(
+        {k: v for k, v in c.spec.items() if k not in skip}, sort_keys=True, separators=(",", ":")
+    )
 
 
 def is_plain(c: Config) -> bool:
