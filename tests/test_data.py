@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from launchers.grid import load_grid
 from suite.data import imagefolder, shapes
@@ -286,3 +288,49 @@ def test_data_config_takes_each_backends_own_crop_bound():
     assert data_config(RunSpec(dataset="shapes", min_crop_scale=0.3)).min_crop_scale == 0.3
     cfg = data_config(RunSpec(dataset="synthetic", image_size=64, loader_workers=0, seed=3))
     assert (cfg.backend, cfg.image_size, cfg.workers, cfg.seed) == ("synthetic", 64, 0, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoded-view cache: a fixed view is decoded once per run, and the batches are the ones a fresh decode gives
+
+
+def noisy_tree(root, per_class: int = 6) -> None:
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i:03d}.jpg", quality=90)
+
+
+@pytest.mark.parametrize("augment", ["pad_crop", "random_resized_crop"])
+def test_fixed_views_are_decoded_once_and_give_the_uncached_batches(tmp_path, monkeypatch, augment):
+    noisy_tree(tmp_path)
+    cfg = folder_cfg(tmp_path, image_size=12, augment=augment)
+    info = prepare_data(cfg)
+    decoded = []
+    real = imagefolder.decode_view
+    monkeypatch.setattr(
+        imagefolder, "decode_view", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k)
+    )
+
+    def three_epochs():
+        loaders = build_loaders(cfg, info, micro_batch=4, rank=0, world_size=1)
+        out = []
+        for epoch in range(3):
+            loaders.set_epoch(epoch)
+            out += [batch for split in (loaders.train, loaders.select, loaders.test) for batch in split]
+        return out
+
+    cached = three_epochs()
+    monkeypatch.setattr(imagefolder, "CACHE_LIMIT_BYTES", 0)
+    fresh = three_epochs()
+    assert len(cached) == len(fresh) > 0
+    for (x, y), (x0, y0) in zip(cached, fresh, strict=True):
+        assert torch.equal(x, x0) and torch.equal(y, y0)
+    # pad_crop's training view is fixed (the epochs differ by shift and flip only): every image decoded once.
+    # random_resized_crop draws its crop each epoch: only the evaluation views (select, test) are kept.
+    select_images, train_images, val_images = 2, 10, 12
+    once = select_images + val_images + (train_images if augment == "pad_crop" else 0)
+    assert len(decoded) == once and len(set(decoded)) == once, len(decoded)

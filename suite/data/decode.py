@@ -14,7 +14,7 @@ import math
 import random
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 # ImageNet channel statistics, as used by torchvision's pretrained models and reference scripts.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,17 +46,41 @@ def load_image(
     """Decode `path` to a `size`×`size` uint8 RGB array (HWC): with `rng`, the training crop of `augment`
     (suite/vocab.py AUGMENTS) and a flip; without, its evaluation view (random_resized_crop:
     Resize(size·256/224) + CenterCrop(size); pad_crop: the whole image resized)."""
+    view = decode_view(path, size, rng=rng, augment=augment, min_crop_scale=min_crop_scale)
+    return view if rng is None else augment_view(view, rng, augment)
+
+
+def decode_view(
+    path: str,
+    size: int,
+    *,
+    rng: random.Random | None = None,
+    augment: str = "random_resized_crop",
+    min_crop_scale: float = IMAGENET_MIN_CROP_SCALE,
+) -> np.ndarray:
+    """The decode half of `load_image`: the `size`×`size` view before its per-epoch shift and flip. It draws
+    from `rng` only where the view itself is random (`view_is_fixed`)."""
     with Image.open(path) as image:
         box = view_box(*image.size, size, rng=rng, augment=augment, min_crop_scale=min_crop_scale)
         image, box = _draft(image, box, size)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        out = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    if rng is not None and augment == "pad_crop":
-        out = pad_crop(out, rng)
-    if rng is not None and rng.random() < 0.5:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+        return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def augment_view(view: np.ndarray, rng: random.Random, augment: str) -> np.ndarray:
+    """The augmentation half of `load_image`: pad_crop's shift, then the flip, drawn from `rng` in that order."""
+    if augment == "pad_crop":
+        view = pad_crop(view, rng)
+    if rng.random() < 0.5:
+        view = view[:, ::-1]
+    return view
+
+
+def view_is_fixed(augment: str, *, train: bool) -> bool:
+    """Whether an image's view before `augment_view` is the same every epoch: every evaluation view, and
+    pad_crop's training view (the whole image resized), so decoding it once serves the whole run."""
+    return not train or augment == "pad_crop"
 
 
 def view_box(
@@ -70,14 +94,14 @@ def view_box(
     return random_resized_box(width, height, rng, scale=(min_crop_scale, 1.0))
 
 
-def pad_crop(image: Image.Image, rng: random.Random) -> Image.Image:
+def pad_crop(view: np.ndarray, rng: random.Random) -> np.ndarray:
     """Zero-pad by 1/8 of the side and cut a random crop of the original size: He et al. 2016's 4 px at 32 px
     (Sec. 4.2), the same shift relative to the image at other small sizes."""
-    size = image.size[0]
+    size = view.shape[0]
     pad = max(1, size // 8)
-    padded = ImageOps.expand(image, border=pad, fill=0)
+    padded = np.pad(view, ((pad, pad), (pad, pad), (0, 0)))
     left, top = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-    return padded.crop((left, top, left + size, top + size))
+    return padded[top : top + size, left : left + size]
 
 
 def _draft(image: Image.Image, box: Box, size: int) -> tuple[Image.Image, Box]:
