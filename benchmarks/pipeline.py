@@ -1,5 +1,6 @@
 """`data_pipeline`: the suite's ImageNet-layout loader against torchvision's default pipeline, per worker, on
-the same JPEGs; and how long a training run with the default loader settings waits for data.
+the same JPEGs; and how long a training run with the default loader settings waits for data. `view_cache`: the
+loaders on a small-image set with and without the decoded-view cache (suite/data/imagefolder.py).
 
 The files are ImageNet-like in what costs time: 500×375 and 375×500 JPEGs (ImageNet's most common sizes) at
 quality 90, textured rather than flat so that entropy decoding has real work. Both sides train-augment to
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,12 @@ from suite.spec import RunSpec
 
 GOAL = Goal(">=", 1.0)
 DATA_WAIT_GOAL = Goal("<=", 0.05)
+# At 12 px a shapes image costs more to decode than to shift and flip: kept views should at least halve an
+# epoch's loading.
+VIEW_CACHE_GOAL = Goal(">=", 2.0)
+# grids/study.yaml's input: the shapes set at 12 px, pad_crop, loaded in the training process, batch 64.
+VIEW_CACHE_DATA = DataConfig(backend="shapes", image_size=12, augment="pad_crop", workers=0)
+VIEW_CACHE_BATCH = 64
 CLASSES = 8
 SIZES = ((500, 375), (375, 500))
 
@@ -123,5 +131,40 @@ def data_pipeline(session: Session) -> dict:
             "data_wait_frac": waits,
             "data_wait_run": {**spec, "loader_workers": RunSpec.loader_workers},
             "data_wait_images_per_s": [r["images_per_s"] for r in runs],
+        },
+    )
+
+
+def epoch_rate(cfg: DataConfig, info, *, batch: int, epochs: int) -> float:
+    """Training images/s of fresh loaders over `epochs` epochs, after a first epoch that is not timed (it fills
+    the cache where there is one, and is what every later epoch of a run no longer pays)."""
+    loaders = build_loaders(cfg, info, micro_batch=batch, rank=0, world_size=1)
+    loaders.set_epoch(0)
+    for _ in loaders.train:
+        pass
+    start, images = time.perf_counter(), 0
+    for epoch in range(1, epochs + 1):
+        loaders.set_epoch(epoch)
+        images += sum(len(labels) for _, labels in loaders.train)
+    return images / (time.perf_counter() - start)
+
+
+def view_cache(session: Session) -> dict:
+    cfg = VIEW_CACHE_DATA
+    info = prepare_data(cfg)
+    epochs = 2
+    cached, fresh = interleave(
+        lambda: epoch_rate(cfg, info, batch=VIEW_CACHE_BATCH, epochs=epochs),
+        lambda: epoch_rate(replace(cfg, view_cache_bytes=0), info, batch=VIEW_CACHE_BATCH, epochs=epochs),
+        session.preset.repetitions,
+    )
+    return result(
+        paired_ratios(cached, fresh),
+        VIEW_CACHE_GOAL,
+        details={
+            "cached_images_per_s": spread(cached).median,
+            "decoded_images_per_s": spread(fresh).median,
+            "data": f"shapes, {cfg.image_size} px, {cfg.augment}, batch {VIEW_CACHE_BATCH}, in-process",
+            "timed_epochs": epochs,
         },
     )

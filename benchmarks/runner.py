@@ -69,6 +69,12 @@ def _registry() -> dict[str, Benchmark]:
             ("suite1",),
         ),
         Benchmark(
+            "view_cache",
+            "shapes-set epoch img/s (12 px, pad_crop) with decoded views kept ÷ decoded every epoch",
+            pipeline.VIEW_CACHE_GOAL,
+            pipeline.view_cache,
+        ),
+        Benchmark(
             "input_scaling",
             "preflight without ÷ with the dataset manifest (largest tree); shard ÷ folder loader img/s",
             input_scaling.GOAL,

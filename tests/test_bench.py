@@ -153,6 +153,7 @@ def test_every_issue_key_is_registered():
         "pruning_speedup",
         "grid_makespan",
         "data_pipeline",
+        "view_cache",
         "input_scaling",
         "weak_scaling",
         "gate_sync",
@@ -180,6 +181,21 @@ def test_data_pipeline_sides_tiny(tmp_path):
     root = imagenet_like(tmp_path / "data", per_class=per_class_for(3 * 4), val_per_class=1)
     assert suite_rate(root, size=32, batch=4, batches=2, epoch=0) > 0
     assert torchvision_rate(root, size=32, batch=4, batches=2) > 0
+
+
+def test_view_cache_sides_tiny(tmp_path):
+    from benchmarks.pipeline import epoch_rate
+    from suite.data.config import DataConfig
+    from suite.data.preflight import prepare_data
+    from tests.data_trees import TWO_CLASSES, make_tree
+
+    make_tree(tmp_path, TWO_CLASSES)
+    cfg = DataConfig(
+        backend="imagefolder", data_dir=str(tmp_path), image_size=8, augment="pad_crop", workers=0
+    )
+    info = prepare_data(cfg)
+    for side in (cfg, dataclasses.replace(cfg, view_cache_bytes=0)):
+        assert epoch_rate(side, info, batch=4, epochs=2) > 0
 
 
 def test_input_scaling_tiny(tmp_path):

@@ -315,7 +315,7 @@ def test_fixed_views_are_decoded_once_and_give_the_uncached_batches(tmp_path, mo
         imagefolder, "decode_view", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k)
     )
 
-    def three_epochs():
+    def three_epochs(cfg):
         loaders = build_loaders(cfg, info, micro_batch=4, rank=0, world_size=1)
         out = []
         for epoch in range(3):
@@ -323,9 +323,8 @@ def test_fixed_views_are_decoded_once_and_give_the_uncached_batches(tmp_path, mo
             out += [batch for split in (loaders.train, loaders.select, loaders.test) for batch in split]
         return out
 
-    cached = three_epochs()
-    monkeypatch.setattr(imagefolder, "CACHE_LIMIT_BYTES", 0)
-    fresh = three_epochs()
+    cached = three_epochs(cfg)
+    fresh = three_epochs(replace(cfg, view_cache_bytes=0))
     assert len(cached) == len(fresh) > 0
     for (x, y), (x0, y0) in zip(cached, fresh, strict=True):
         assert torch.equal(x, x0) and torch.equal(y, y0)

@@ -31,9 +31,6 @@ from suite.data.preflight import find_corrupt
 from suite.errors import UserError, check
 
 MIN_CROP_SCALE = IMAGENET_MIN_CROP_SCALE
-# The most decoded views one split keeps in memory, per process: the shapes set's 2,560 training images are
-# 1.1 MB at 12 px and 31 MB at 64 px; ImageNet's 1.28 M are 3.9 GB at 32 px and are decoded afresh each epoch.
-CACHE_LIMIT_BYTES = 512 * 2**20
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared lower-cased: ImageNet's files are *.JPEG
 
 LAYOUT = (
@@ -206,6 +203,7 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
         min_crop_scale=cfg.min_crop_scale,
         seed=cfg.seed,
         decode=cfg.decode,
+        cache_bytes=cfg.view_cache_bytes,
     )
     # DistributedSampler semantics (torchvision's references): each rank a disjoint shard, reshuffled by
     # set_epoch from a seed shared by all ranks; drop_last so every rank runs the same number of steps.
@@ -219,7 +217,13 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
     held_out = []
     for samples in (select_samples, info.samples("val")):
         dataset = FolderDataset(
-            info.root, samples, image_size=cfg.image_size, train=False, augment=cfg.augment, decode=cfg.decode
+            info.root,
+            samples,
+            image_size=cfg.image_size,
+            train=False,
+            augment=cfg.augment,
+            decode=cfg.decode,
+            cache_bytes=cfg.view_cache_bytes,
         )
         keys = [(i, 0) for i in sharded(len(dataset), rank, world_size)]
         held_out.append(Counted(data_loader(dataset, keys, micro_batch, cfg, drop_last=False), counter))
@@ -231,7 +235,7 @@ class FolderDataset(Dataset):
     file gives `None` (skipped and counted by the collate function) instead of killing the run hours in.
 
     Where every image's view is the same each epoch (`view_is_fixed`: evaluation, and pad_crop training) and
-    the split's views fit in `CACHE_LIMIT_BYTES`, each image is decoded once and its view kept in memory; the
+    the split's views fit in `cache_bytes`, each image is decoded once and its view kept in memory; the
     epoch's shift and flip are drawn on the kept view, the same pixels a fresh decode gives. Each DataLoader
     worker process keeps its own copy.
     """
@@ -247,6 +251,7 @@ class FolderDataset(Dataset):
         min_crop_scale: float = IMAGENET_MIN_CROP_SCALE,
         seed: int = 0,
         decode: str = "cpu",
+        cache_bytes: int = 0,
     ):
         self.root, self.samples, self.image_size, self.train = root, samples, image_size, train
         self.augment, self.min_crop_scale, self.seed = augment, min_crop_scale, seed
@@ -257,7 +262,7 @@ class FolderDataset(Dataset):
             {}
             if decode == "cpu"
             and view_is_fixed(augment, train=train)
-            and len(samples) * view_bytes <= CACHE_LIMIT_BYTES
+            and 0 < len(samples) * view_bytes <= cache_bytes
             else None
         )
 
