@@ -55,6 +55,20 @@ def estimate_seconds(
     return flops / (spec.world_size * peak_per_device * mfu)
 
 
+def longest_first(
+    specs: list[RunSpec], infos: dict[RunSpec, DatasetInfo], sources: dict[str, RunSpec]
+) -> list[RunSpec]:
+    """`specs` by decreasing estimated run time, ties in grid order: Graham's longest-processing-time rule. With
+    a fixed number of slots the short points come last and fill the slots the last long points leave idle,
+    instead of a long point starting last and running alone. `sources`: `purge_sources` (post-hoc points
+    that take over another point's network only fine-tune)."""
+
+    def seconds(spec: RunSpec) -> float:
+        return estimate_seconds(spec, infos[spec], 1.0, 1.0, trains=spec.run_id not in sources)
+
+    return sorted(specs, key=seconds, reverse=True)
+
+
 def plan_table(grid: Grid, infos: dict[RunSpec, DatasetInfo], finished: set[str]) -> tuple[Table, float]:
     """One line per point with workers and estimated device-hours; returns the table and the total."""
     if grid.cluster.use_gpu and not torch.cuda.is_available():

@@ -28,6 +28,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from launchers.grid import ClusterShape, Grid, purge_sources, runs_later
 from launchers.handover import release_sources, trained_by
+from launchers.plan import longest_first
 from launchers.ray_worker import train_worker
 from launchers.storage import check_shared_storage
 from suite.data.config import DatasetInfo, data_config
@@ -330,7 +331,9 @@ def run_grid(
             sources = purge_sources(grid.specs)
             keep = sorted({src.run_id for child, src in sources.items() if child not in done})
             for wave in (0, 1):
-                specs = [s for s in todo if runs_later(s, sources) == bool(wave)]
+                specs = longest_first(
+                    [s for s in todo if runs_later(s, sources) == bool(wave)], infos, sources
+                )
                 if specs:
                     handed = trained_by(results, grid.name, specs, sources) if wave else {}
                     _tuner(grid, results, specs, datasets, progress, wave, verbose, keep, handed).fit()

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from launchers.grid import load_grid, purge_sources
-from launchers.plan import estimate_seconds
+from launchers.plan import estimate_seconds, longest_first
 from suite.data.config import DatasetInfo
 from suite.errors import UserError
 from suite.results import read_curves, read_runs, write_run
@@ -124,6 +124,33 @@ def test_a_posthoc_point_runs_after_the_plain_point_whose_network_it_purges(tmp_
     )
     handed, own = (estimate_seconds(grid.specs[2], info, 1e9, 0.2, trains=t) for t in (False, True))
     assert handed == pytest.approx(own / 5)  # 1 fine-tune epoch of 4 + 1
+
+
+def test_each_wave_starts_its_longest_points_first(tmp_path):
+    text = """
+    defaults: {width: 4, image_size: 32, epochs: 4}
+    axes: {arch: [resnet50, resnet152], variant: [resnet, eps], epsilon: [0.5]}
+    points:
+      - {arch: resnet50, variant: posthoc, epsilon: 0.5, purge_blocks: match, finetune_epochs: 1}
+      - {arch: resnet152, variant: resnet, side_head: true}
+    """
+    grid = load_grid(grid_of(tmp_path, text))
+    info = DatasetInfo(
+        backend="shapes", root=None, num_classes=10, train_size=640, val_size=64, corrupt_files=()
+    )
+    sources = purge_sources(grid.specs)
+    order = longest_first(grid.specs, dict.fromkeys(grid.specs, info), sources)
+    labels = [(s.arch, s.variant, s.side_head) for s in order]
+    # ResNet-152's three points first, in grid order among equals; the post-hoc point, which only fine-tunes the
+    # plain ResNet-50's network, last.
+    assert labels == [
+        ("resnet152", "resnet", False),
+        ("resnet152", "eps", True),
+        ("resnet152", "resnet", True),
+        ("resnet50", "resnet", False),
+        ("resnet50", "eps", True),
+        ("resnet50", "posthoc", False),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
