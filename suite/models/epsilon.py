@@ -44,7 +44,7 @@ def epsilon_gate(branch_output: Tensor, epsilon: float, *, synchronize: bool = F
     """
     with torch.no_grad():
         s = branch_excess(branch_output, epsilon)
-        # One rank's MAX is its own s: the collective would only cost time (150 µs a block on gloo).
+        # One rank's MAX is its own s: the collective would only cost time, once per block and step.
         if synchronize and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(s, op=dist.ReduceOp.MAX)
         return (s > 0).to(branch_output.dtype)
