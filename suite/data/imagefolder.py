@@ -194,17 +194,7 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
     preflight is skipped at load time and counted. The select split is cut from the train folder
     (`select_split`); the test split is the val folder, whole."""
     train_samples, select_samples = select_split(info.samples("train"), cfg.select_fraction, cfg.seed)
-    train_set = FolderDataset(
-        info.root,
-        train_samples,
-        image_size=cfg.image_size,
-        train=True,
-        augment=cfg.augment,
-        min_crop_scale=cfg.min_crop_scale,
-        seed=cfg.seed,
-        decode=cfg.decode,
-        cache_bytes=cfg.view_cache_bytes,
-    )
+    train_set = folder_dataset(cfg, info.root, train_samples, train=True)
     # DistributedSampler semantics (torchvision's references): each rank a disjoint shard, reshuffled by
     # set_epoch from a seed shared by all ranks; drop_last so every rank runs the same number of steps.
     sampler = EpochTagged(
@@ -216,18 +206,27 @@ def loaders(cfg: DataConfig, info: DatasetInfo, *, micro_batch: int, rank: int, 
     train = Counted(data_loader(train_set, sampler, micro_batch, cfg, drop_last=True), counter)
     held_out = []
     for samples in (select_samples, info.samples("val")):
-        dataset = FolderDataset(
-            info.root,
-            samples,
-            image_size=cfg.image_size,
-            train=False,
-            augment=cfg.augment,
-            decode=cfg.decode,
-            cache_bytes=cfg.view_cache_bytes,
-        )
+        dataset = folder_dataset(cfg, info.root, samples, train=False)
         keys = [(i, 0) for i in sharded(len(dataset), rank, world_size)]
         held_out.append(Counted(data_loader(dataset, keys, micro_batch, cfg, drop_last=False), counter))
     return Loaders(train, *held_out, set_epoch=sampler.set_epoch, skipped=counter)
+
+
+def folder_dataset(
+    cfg: DataConfig, root: str, samples: list[tuple[str, int]], *, train: bool
+) -> FolderDataset:
+    """`samples` decoded as `cfg` asks: the training crop (`train`) or the evaluation view."""
+    return FolderDataset(
+        root,
+        samples,
+        image_size=cfg.image_size,
+        train=train,
+        augment=cfg.augment,
+        min_crop_scale=cfg.min_crop_scale,
+        seed=cfg.seed,
+        decode=cfg.decode,
+        cache_bytes=cfg.view_cache_bytes,
+    )
 
 
 class FolderDataset(Dataset):
