@@ -50,7 +50,7 @@ TOP_KEYS = (
     "axes",
     "points",
 )
-CLUSTER_KEYS = ("nodes", "devices_per_node", "use_gpu", "cpus_per_worker")
+CLUSTER_KEYS = ("nodes", "devices_per_node", "use_gpu", "cpus_per_worker", "dashboard")
 SPEC_KEYS = tuple(f.name for f in fields(RunSpec))
 GRID_ONLY_SPEC_KEYS = ("global_batch",)  # accepted where spec keys are, turned into grad_accum
 GRID_OWNED = ("grid", "repeat", "launcher")  # spec keys the grid sets itself
@@ -62,6 +62,10 @@ class ClusterShape:
     devices_per_node: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # Whether a local Ray starts its dashboard. Its processes wake every few hundred milliseconds; on a
+    # machine whose cores all train they slow every point (docs/cpu-study.md measures it). A cluster reached
+    # through RAY_ADDRESS keeps the dashboard its `ray start` chose.
+    dashboard: bool = True
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,9 @@ def _int(value, where: str, lo: int = 1) -> int:
 def _cluster(raw, where: str) -> ClusterShape:
     check(isinstance(raw, dict), f"{where}: 'cluster' must be a mapping of {', '.join(CLUSTER_KEYS)}")
     _unknown(raw, CLUSTER_KEYS, f"{where}: cluster")
-    use_gpu = raw.get("use_gpu", False)
-    check(isinstance(use_gpu, bool), f"{where}: cluster.use_gpu must be true or false, got {use_gpu!r}")
+    use_gpu, dashboard = raw.get("use_gpu", False), raw.get("dashboard", True)
+    for key, value in (("use_gpu", use_gpu), ("dashboard", dashboard)):
+        check(isinstance(value, bool), f"{where}: cluster.{key} must be true or false, got {value!r}")
     cpus = raw.get("cpus_per_worker", 1.0)
     check(
         isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus > 0,
@@ -104,6 +109,7 @@ def _cluster(raw, where: str) -> ClusterShape:
         devices_per_node=_int(raw.get("devices_per_node", 1), f"{where}: cluster.devices_per_node"),
         use_gpu=use_gpu,
         cpus_per_worker=float(cpus),
+        dashboard=dashboard,
     )
 
 

@@ -136,9 +136,9 @@ def ray_session(grid: Grid, *, verbose: bool = False, logs_dir: Path | None = No
         context = ray.init(
             num_cpus=max(os.cpu_count() or 1, int(slots * grid.cluster.cpus_per_worker + 1)),
             num_gpus=None if grid.cluster.use_gpu else 0,
-            include_dashboard=True,
+            include_dashboard=grid.cluster.dashboard,
             dashboard_host="127.0.0.1",
-            dashboard_port=dashboard_port(),
+            dashboard_port=dashboard_port() if grid.cluster.dashboard else None,
             _node_ip_address="127.0.0.1",
             _temp_dir=temp_dir,
             runtime_env=runtime_env,

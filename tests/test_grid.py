@@ -155,6 +155,7 @@ BAD_GRIDS = [
     ("concurrency: two\n", "concurrency must be an integer ≥ 1"),
     ("cluster: {nodes: 0}\n", "cluster.nodes must be an integer ≥ 1"),
     ("cluster: {use_gpu: maybe}\n", "cluster.use_gpu must be true or false"),
+    ("cluster: {dashboard: 1}\n", "cluster.dashboard must be true or false, got 1"),
     ("cluster: {gpus: 1}\n", "cluster: unknown key 'gpus'"),
     ("name: ../up\n", "grid name '../up' is not a safe name"),
     ("points: [{micro_batch: 0}]\n", "micro_batch must be ≥ 1"),

@@ -99,9 +99,14 @@ def pad_crop(view: np.ndarray, rng: random.Random) -> np.ndarray:
     (Sec. 4.2), the same shift relative to the image at other small sizes."""
     size = view.shape[0]
     pad = max(1, size // 8)
-    padded = np.pad(view, ((pad, pad), (pad, pad), (0, 0)))
     left, top = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-    return padded[top : top + size, left : left + size]
+    # The crop of the padded image, written as the image shifted by (top − pad, left − pad) into zeros: the
+    # same pixels as np.pad and a slice, without np.pad's cost per call (most of a cached epoch's loading).
+    dy, dx = top - pad, left - pad
+    out = np.zeros((size, size, *view.shape[2:]), dtype=view.dtype)
+    src = view[max(dy, 0) : size + dy, max(dx, 0) : size + dx]
+    out[max(-dy, 0) : max(-dy, 0) + src.shape[0], max(-dx, 0) : max(-dx, 0) + src.shape[1]] = src
+    return out
 
 
 def _draft(image: Image.Image, box: Box, size: int) -> tuple[Image.Image, Box]:
