@@ -85,7 +85,8 @@ def test_four_point_grid_with_a_failing_point(tmp_path):
     curves = read_curves(results, "g").to_pylist()
     assert len(curves) == 3 * 2  # 2 epochs for each finished point
     assert "1 failed" in proc.stdout
-    assert "no Ray dashboard" in proc.stdout and "dashboard http" not in proc.stdout, proc.stdout[-3000:]
+    console = proc.stdout + proc.stderr  # the bar and its session line are on stderr
+    assert "no Ray dashboard · worker logs" in console and "dashboard http" not in console, console[-3000:]
     leftovers = [p for p in (results / "g").rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
     assert leftovers == []
 
