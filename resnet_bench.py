@@ -181,7 +181,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command(
-    "bench", "measure the suite's own speed: seven side-by-side ratios against their goals", _bench_arguments
+    "bench",
+    "measure the suite's own speed: side-by-side ratios against their goals (BENCHMARKS.md)",
+    _bench_arguments,
 )
 def bench_cmd(args: argparse.Namespace) -> int:
     return bench_command(quick=args.quick, as_json=args.json, only=args.only, on_gpu=args.gpu)
