@@ -84,3 +84,17 @@ def test_small_inputs_get_pad_crop_unless_the_spec_says_otherwise():
         RunSpec(image_size=32, augment="pad_crop", min_crop_scale=0.5)
     with pytest.raises(UserError, match="augment 'cutout'; accepted: random_resized_crop, pad_crop"):
         RunSpec(augment="cutout")
+
+
+def test_pad_crop_cuts_the_zero_padded_image():
+    # The earlier runs padded with np.pad and sliced; the shift into zeros must give their pixels, draw for
+    # draw, so that their rows and today's train on the same batches.
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for size in (4, 8, 12, 16, 32, 64):
+        view, pad = pixels[:size, :size], max(1, size // 8)
+        padded = np.pad(view, ((pad, pad), (pad, pad), (0, 0)))
+        for seed in range(60):
+            rng = random.Random(seed)
+            left, top = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+            expected = padded[top : top + size, left : left + size]
+            assert np.array_equal(decode.pad_crop(view, random.Random(seed)), expected), (size, seed)
