@@ -3,7 +3,7 @@
 ```yaml
 name: default                 # the results sub-directory
 results: results              # optional; the CLI's --results wins
-cluster: {nodes: 1, devices_per_node: 2, use_gpu: false, cpus_per_worker: 0.5}
+cluster: {nodes: 1, devices_per_node: 2, use_gpu: false, cpus_per_worker: 0.5, dashboard: true}
 concurrency: 1                # points running at once (default: as many as the cluster holds)
 max_failures: 2               # worker-group restarts per point, each from the latest checkpoint
 repeats: 1                    # each point runs this many times (seed = seed + repeat)
