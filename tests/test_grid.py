@@ -109,6 +109,26 @@ def test_the_study_budget_grid_is_the_study_s_plain_resnets_trained_longer():
     )
 
 
+def test_the_study_restarts_grid_is_the_study_s_resnets_and_eps_resnets_without_lr_restarts():
+    from dataclasses import asdict
+
+    from launchers.driver import GRIDS_DIR
+
+    def recipe(spec) -> str:  # everything but the grid and the switch under test
+        skip = ("grid", "lr_reset_on_discard")
+        return json.dumps(
+            {k: v for k, v in asdict(spec).items() if k not in skip}, sort_keys=True, default=str
+        )
+
+    study = load_grid(GRIDS_DIR / "study.yaml").specs
+    restarts = load_grid(GRIDS_DIR / "study-restarts.yaml").specs
+    twins = [s for s in study if s.variant == "eps" or (s.variant == "resnet" and not s.side_head)]
+    assert sorted(map(recipe, restarts)) == sorted(map(recipe, twins))
+    assert all(s.lr_reset_on_discard for s in twins if s.variant == "eps")
+    assert not any(s.lr_reset_on_discard for s in restarts if s.variant == "eps")
+    assert {s.variant for s in restarts} == {"resnet", "eps"}
+
+
 def test_the_imagenet_grid_follows_the_official_eps_resnet_schedule():
     # imagenetEpsilonResnet.py in github.com/yuxwind/epsilonResnet: 110 epochs, lr × 0.1 at epochs 30, 60, 85,
     # 95, no adaptive restart; both variants on it, so the comparison has one budget.
