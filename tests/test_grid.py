@@ -109,6 +109,28 @@ def test_the_study_budget_grid_is_the_study_s_plain_resnets_trained_longer():
     )
 
 
+def test_the_study_scratch_budget_grid_is_the_study_s_eps_and_scratch_arms_trained_longer():
+    from dataclasses import asdict
+
+    from launchers.driver import GRIDS_DIR
+
+    def recipe(spec) -> str:  # everything but the budget and the grid
+        return json.dumps(
+            {k: v for k, v in asdict(spec).items() if k not in ("epochs", "grid")},
+            sort_keys=True,
+            default=str,
+        )
+
+    study = load_grid(GRIDS_DIR / "study.yaml").specs
+    longer = load_grid(GRIDS_DIR / "study-scratch-budget.yaml").specs
+    arms = [s for s in study if s.variant in ("eps", "scratch")]
+    assert sorted(map(recipe, longer)) == sorted(map(recipe, arms))
+    assert min(s.epochs for s in longer) > max(s.epochs for s in arms)
+    # Every child's parent is in the grid, so the report pairs them as in the study.
+    ids = {s.run_id for s in longer}
+    assert all(s.parent.run_id in ids for s in longer if s.variant == "scratch")
+
+
 def test_the_study_restarts_grid_is_the_study_s_resnets_and_eps_resnets_without_lr_restarts():
     from dataclasses import asdict
 

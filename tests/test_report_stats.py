@@ -222,3 +222,40 @@ def test_children_against_their_parent_equal_duckdb(report):
         f" {side} its ε parent over 3 paired repeats"
     ) in headline
     assert "ResNet-50 against the ε parent (same seed and select split): " in headline
+
+
+def test_multiplicity_holds_the_headline_s_verdicts_to_95_percent_together(report):
+    results, paths = report
+    headline = paths.markdown.read_text().split("### ")[0]
+    against_resnet = [r for r in _sql(results, PAIRED_SQL) if r["n"] >= 2]
+    (against_parent,) = _sql(
+        results,
+        """
+        WITH ok AS (SELECT * FROM read_parquet('{runs}') WHERE status = 'ok')
+        SELECT count(*) AS n, avg(c.top1 - p.top1) AS mean, stddev_samp(c.top1 - p.top1) AS std
+        FROM ok c JOIN ok p ON c.parent_run_id = p.run_id WHERE c.variant = 'scratch'
+        """,
+    )
+    # The post-hoc arm has one pair with the ResNet and with its parent: no interval, so it does not count.
+    named = [(f"{LABELS[_key(r)]} − ResNet", r) for r in against_resnet]
+    named.append((f"{LABELS[('scratch', False, False, '0')]} − ε parent", against_parent))
+    n = len(named)
+    assert n == 5
+    stand, fall = [], []
+    for name, r in named:
+        half = _half(r["n"], r["std"])
+        if abs(r["mean"]) <= half:
+            continue  # no significant difference at 95 % alone: nothing to hold
+        joint = float(student_t.ppf(1 - 0.05 / (2 * n), r["n"] - 1)) * r["std"] / math.sqrt(r["n"])
+        assert joint > half
+        (stand if abs(r["mean"]) > joint else fall).append(
+            f"{name}, {100 * r['mean']:+.2f} ± {100 * joint:.2f} pp"
+        )
+    assert stand and fall  # the rows are built so that the joint intervals keep some verdicts and drop others
+    assert f"make {n} paired comparisons, each at 95 %" in headline
+    assert f"{len(stand)} of the {len(stand) + len(fall)} better/worse verdicts stand: " in headline
+    for text in stand + fall:
+        assert text in headline, text
+    sentence = next(line for line in headline.splitlines() if line.startswith("Multiplicity: "))
+    assert sentence.index("These fall to no significant difference") > max(sentence.index(t) for t in stand)
+    assert sentence.index("These fall to no significant difference") < min(sentence.index(t) for t in fall)

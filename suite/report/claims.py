@@ -9,7 +9,7 @@ from collections import Counter
 from suite.report.cells import config_table, runs_cell, setup_cell, where
 from suite.report.data import Config, fmt_eps
 from suite.report.document import DASH, Table, fmt_bounds, fmt_num, fmt_pm
-from suite.report.stats import Paired, is_plain, top1_bar, top1_ci
+from suite.report.stats import BETTER, WORSE, Paired, is_plain, joint_half, top1_bar, top1_ci
 from suite.vocab import PURGE_MATCH
 
 NO_CONCLUSION = "no conclusion"
@@ -158,4 +158,39 @@ def depth_sentences(
     against_parent = parent_sentence(title, members, parents)
     return [headline_sentence(title, members, paired, many_grids)] + (
         [against_parent] if against_parent else []
+    )
+
+
+def multiplicity_sentence(comparisons: list[tuple[str, Paired]]) -> str | None:
+    """What the headline's verdicts are worth together. Each of its N intervals is at 95 %, so with no
+    difference anywhere about N/20 of them would still read better or worse; held to 95 % jointly
+    (Bonferroni), this says which better/worse verdicts stand. `comparisons`: (what is compared, its pairing)
+    for every paired comparison the headline makes; those without an interval (under 2 pairs) do not count.
+    None under two comparisons."""
+    counted = [(name, p) for name, p in comparisons if p.diff is not None and p.diff.half is not None]
+    n = len(counted)
+    if n < 2:
+        return None
+    decided = [(name, p) for name, p in counted if p.verdict in (BETTER, WORSE)]
+    stand, fall = [], []
+    for name, p in decided:
+        half = joint_half(p.diff, n)
+        text = f"{name}, {fmt_pm(p.diff.mean, half, 2, 100, signed=True)} pp"
+        (stand if abs(p.diff.mean) > half else fall).append(text)
+    opening = (
+        f"Multiplicity: the sentences above make {n} paired comparisons, each at 95 %; were there no "
+        f"difference anywhere, about {fmt_num(n / 20, 1)} of them would still read better or worse."
+    )
+    if not decided:
+        return f"{opening} None of them reads better or worse."
+    joint = (
+        f" Held to 95 % together (Bonferroni: each interval at t(1 − 0.05/{2 * n}), pairs − 1 degrees of "
+        f"freedom), {len(stand)} of the {len(decided)} better/worse verdicts stand"
+    )
+    return (
+        opening
+        + joint
+        + (": " + "; ".join(stand) if stand else "")
+        + (". These fall to no significant difference: " + "; ".join(fall) if fall else "")
+        + "."
     )

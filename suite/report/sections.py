@@ -51,9 +51,16 @@ def headline(configs: list[Config], inputs: Inputs, paired: dict[str, Paired]) -
     converged = convergence.plain_convergence(ok, inputs.curves)
     budgets = convergence.budget_checks(ok)
     parents = stats.parent_differences(ok)
+    comparisons = []
     for (g, a), cs in by_depth.items():
         sentences = claims.depth_sentences(_title(g, a, many_grids), cs, paired, parents, many_grids)
         section.blocks += [Paragraph(text) for text in sentences]
+        grid = f" ({g})" if many_grids else ""
+        comparisons += [(f"{c.label}{grid} − ResNet", paired[c.key]) for c in cs if c.key in paired]
+        comparisons += [(f"{c.label}{grid} − ε parent", parents[c.key]) for c in cs if c.key in parents]
+    multiplicity = claims.multiplicity_sentence(comparisons)
+    if multiplicity:
+        section.blocks.append(Paragraph(multiplicity))
     section.blocks += [
         Paragraph(
             "A configuration is a run spec (`spec_json`) without `repeat` and `seed`: its runs differ only in "

@@ -77,6 +77,15 @@ def mean_ci(values: Iterable[float | None]) -> MeanCI | None:
     return MeanCI(len(xs), mean, std, quantile * std / math.sqrt(len(xs)))
 
 
+def joint_half(diff: MeanCI, comparisons: int) -> float | None:
+    """The half-width that holds `comparisons` such intervals to 95 % together (Bonferroni: each two-sided at
+    1 − 0.05 / comparisons, t with n − 1 degrees of freedom); None for a single value."""
+    if diff.std is None:
+        return None
+    quantile = float(student_t.ppf(1 - (1 - CONFIDENCE) / (2 * comparisons), diff.n - 1))
+    return quantile * diff.std / math.sqrt(diff.n)
+
+
 def top1_ci(c: Config) -> MeanCI | None:
     """The plain mean over every ok run: an interval belongs to the arithmetic mean, so unlike `Config.top1`
     no olympic trimming, which has no t-interval of its own."""
