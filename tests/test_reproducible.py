@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -173,10 +174,18 @@ def assert_it_learnt(got: dict) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Kill what this test started (its own session: the launcher, its ranks, a Ray it started)."""
+    """Kill what this test started: the launcher's session (the launcher, a Ray it started) and every process
+    under it, since torchrun starts each rank in a session of its own, out of reach of the group kill."""
     if proc.poll() is None:
+        descendants = []
+        with contextlib.suppress(psutil.Error):
+            descendants = psutil.Process(proc.pid).children(recursive=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(descendants, timeout=30)
         proc.wait(timeout=60)
 
 
