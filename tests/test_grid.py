@@ -88,16 +88,18 @@ def test_the_study_grid_has_every_control_at_every_depth_three_times():
     assert all(s.parent.run_id in ids for s in specs if s.has_parent)
 
 
-def test_the_study_budget_grid_is_the_study_s_plain_resnets_trained_longer():
+def _recipe(spec, *skip: str) -> str:
+    """A spec's fields but `skip`, as one comparable string: twin grids must differ only there."""
     from dataclasses import asdict
 
+    return json.dumps({k: v for k, v in asdict(spec).items() if k not in skip}, sort_keys=True, default=str)
+
+
+def test_the_study_budget_grid_is_the_study_s_plain_resnets_trained_longer():
     from launchers.driver import GRIDS_DIR
 
     def recipe(spec) -> str:  # everything but the budget, the grid, and what tells the runs apart
-        skip = ("epochs", "grid", "arch", "repeat", "seed")
-        return json.dumps(
-            {k: v for k, v in asdict(spec).items() if k not in skip}, sort_keys=True, default=str
-        )
+        return _recipe(spec, "epochs", "grid", "arch", "repeat", "seed")
 
     study = load_grid(GRIDS_DIR / "study.yaml").specs
     budget = load_grid(GRIDS_DIR / "study-budget.yaml").specs
@@ -110,16 +112,10 @@ def test_the_study_budget_grid_is_the_study_s_plain_resnets_trained_longer():
 
 
 def test_the_study_scratch_budget_grid_is_the_study_s_eps_and_scratch_arms_trained_longer():
-    from dataclasses import asdict
-
     from launchers.driver import GRIDS_DIR
 
     def recipe(spec) -> str:  # everything but the budget and the grid
-        return json.dumps(
-            {k: v for k, v in asdict(spec).items() if k not in ("epochs", "grid")},
-            sort_keys=True,
-            default=str,
-        )
+        return _recipe(spec, "epochs", "grid")
 
     study = load_grid(GRIDS_DIR / "study.yaml").specs
     longer = load_grid(GRIDS_DIR / "study-scratch-budget.yaml").specs
@@ -132,15 +128,10 @@ def test_the_study_scratch_budget_grid_is_the_study_s_eps_and_scratch_arms_train
 
 
 def test_the_study_restarts_grid_is_the_study_s_resnets_and_eps_resnets_without_lr_restarts():
-    from dataclasses import asdict
-
     from launchers.driver import GRIDS_DIR
 
     def recipe(spec) -> str:  # everything but the grid and the switch under test
-        skip = ("grid", "lr_reset_on_discard")
-        return json.dumps(
-            {k: v for k, v in asdict(spec).items() if k not in skip}, sort_keys=True, default=str
-        )
+        return _recipe(spec, "grid", "lr_reset_on_discard")
 
     study = load_grid(GRIDS_DIR / "study.yaml").specs
     restarts = load_grid(GRIDS_DIR / "study-restarts.yaml").specs

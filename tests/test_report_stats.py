@@ -91,6 +91,14 @@ FROM ok JOIN base USING (repeat) WHERE NOT (ok.variant = 'resnet' AND NOT ok.sid
 """
 
 
+# Each scratch row joined to the row its parent_run_id names: the pairs share seed and select split.
+SCRATCH_PARENT_SQL = """
+WITH ok AS (SELECT * FROM read_parquet('{runs}') WHERE status = 'ok')
+SELECT count(*) AS n, avg(c.top1 - p.top1) AS mean, stddev_samp(c.top1 - p.top1) AS std
+FROM ok c JOIN ok p ON c.parent_run_id = p.run_id WHERE c.variant = 'scratch'
+"""
+
+
 def _key(r: dict) -> tuple:
     return (r["variant"], r["side_head"], r["lr_reset_on_discard"], r["purge"])
 
@@ -205,15 +213,7 @@ def test_single_run_shows_its_binomial_interval_and_no_conclusion(report):
 def test_children_against_their_parent_equal_duckdb(report):
     results, paths = report
     headline = paths.markdown.read_text().split("### ")[0]
-    # Each scratch row joined to the row its parent_run_id names: the pairs share seed and select split.
-    (want,) = _sql(
-        results,
-        """
-        WITH ok AS (SELECT * FROM read_parquet('{runs}') WHERE status = 'ok')
-        SELECT count(*) AS n, avg(c.top1 - p.top1) AS mean, stddev_samp(c.top1 - p.top1) AS std
-        FROM ok c JOIN ok p ON c.parent_run_id = p.run_id WHERE c.variant = 'scratch'
-        """,
-    )
+    (want,) = _sql(results, SCRATCH_PARENT_SQL)
     assert want["n"] == 3
     half = _half(want["n"], want["std"])
     side = "above" if want["mean"] > 0 else "below"
@@ -228,14 +228,7 @@ def test_multiplicity_holds_the_headline_s_verdicts_to_95_percent_together(repor
     results, paths = report
     headline = paths.markdown.read_text().split("### ")[0]
     against_resnet = [r for r in _sql(results, PAIRED_SQL) if r["n"] >= 2]
-    (against_parent,) = _sql(
-        results,
-        """
-        WITH ok AS (SELECT * FROM read_parquet('{runs}') WHERE status = 'ok')
-        SELECT count(*) AS n, avg(c.top1 - p.top1) AS mean, stddev_samp(c.top1 - p.top1) AS std
-        FROM ok c JOIN ok p ON c.parent_run_id = p.run_id WHERE c.variant = 'scratch'
-        """,
-    )
+    (against_parent,) = _sql(results, SCRATCH_PARENT_SQL)
     # The post-hoc arm has one pair with the ResNet and with its parent: no interval, so it does not count.
     named = [(f"{LABELS[_key(r)]} − ResNet", r) for r in against_resnet]
     named.append((f"{LABELS[('scratch', False, False, '0')]} − ε parent", against_parent))
